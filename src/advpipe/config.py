@@ -163,7 +163,7 @@ SCHEMA: dict[str, Rule] = {
     "model.weights_path": optional_string(),
     "model.batch_size": integer(1, 4096),
     # ---------------------------------------------------------------- attacks
-    "attacks.labels": choice("true", "predicted"),
+    "attacks.labels": choice("ground_truth", "predicted"),
     "attacks.fgsm.epsilons": epsilon_list(),
     "attacks.fgm.epsilons": epsilon_list(),
     "attacks.fgm.norm": choice("l2", "linf_equivalent"),

@@ -11,7 +11,7 @@ from .sweep import SweepResult, sweep
 ONE_STEP = {cls.name: cls for cls in (FGSM, FGM, RFGSM, StepLL)}
 
 
-def make_attack(name: str, model, *, labels: str = "true", seed: int = 0,
+def make_attack(name: str, model, *, labels: str = "ground_truth", seed: int = 0,
                 **options) -> OneStepAttack:
     """Build a one-step attack by name with its own options (e.g. ``norm`` for FGM)."""
     if name not in ONE_STEP:

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from ..evaluation import compiled_forward, image_spec
 
-LABEL_MODES = ("true", "predicted")
+LABEL_MODES = ("ground_truth", "predicted")
 
 
 class LossGradient:
@@ -63,14 +63,14 @@ class Prepared:
 class OneStepAttack:
     """Base class. Subclasses set :attr:`name` and implement ``_prepare``/``_perturb``.
 
-    ``labels="true"`` attacks the given labels; ``"predicted"`` attacks the model's
+    ``labels="ground_truth"`` attacks the given labels; ``"predicted"`` attacks the model's
     own clean prediction instead (avoids label leaking, Kurakin et al. 2016).
     """
 
     name = "one_step"
     reuses_gradient = True  # False where the gradient depends on epsilon (R-FGSM)
 
-    def __init__(self, model, *, labels: str = "true"):
+    def __init__(self, model, *, labels: str = "ground_truth"):
         if labels not in LABEL_MODES:
             raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
         self.model = model

@@ -22,7 +22,7 @@ NORMS = ("l2", "linf_equivalent")
 class FGM(OneStepAttack):
     name = "fgm"
 
-    def __init__(self, model, *, labels: str = "true", norm: str = "l2"):
+    def __init__(self, model, *, labels: str = "ground_truth", norm: str = "l2"):
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         super().__init__(model, labels=labels)

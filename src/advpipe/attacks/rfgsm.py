@@ -24,7 +24,7 @@ class RFGSM(OneStepAttack):
     name = "rfgsm"
     reuses_gradient = False
 
-    def __init__(self, model, *, labels: str = "true", alpha_fraction: float = 0.5,
+    def __init__(self, model, *, labels: str = "ground_truth", alpha_fraction: float = 0.5,
                  seed: int = 0):
         if not 0.0 < alpha_fraction < 1.0:
             raise ValueError(f"alpha_fraction must be in (0, 1) (alpha < eps), got {alpha_fraction}")

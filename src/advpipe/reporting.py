@@ -1,0 +1,126 @@
+"""Metrics files, plot data and figures.
+
+Files are written atomically (temporary file + rename), so an interrupted stage
+never leaves a half-written metric behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def _atomic_write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _json_safe(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return None if math.isnan(f) or math.isinf(f) else round(f, 6)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def write_json(path: str | Path, data: Mapping) -> Path:
+    """Nested metrics JSON (NaN becomes null; floats rounded to 6 decimals)."""
+    return _atomic_write_text(Path(path), json.dumps(_json_safe(data), indent=2) + "\n")
+
+
+def write_rows_csv(path: str | Path, rows: Iterable[Mapping]) -> Path:
+    """Plot data as CSV (one row per point), for ``dvc plots``."""
+    return _atomic_write_text(Path(path), pd.DataFrame(list(rows)).to_csv(index=False))
+
+
+def plot_accuracy_vs_eps(curves: Mapping[str, pd.DataFrame], metric: str, path: str | Path,
+                         title: str | None = None) -> Path:
+    """One line per attack of ``metric`` (top1/top5) against eps, log-scale eps axis.
+
+    The clean accuracy (eps = 0, which a log axis cannot show) is a dashed line.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    clean = None
+    for name, df in curves.items():
+        pos = df[df["eps"] > 0].sort_values("eps")
+        ax.plot(pos["eps"], pos[metric], marker="o", markersize=3.5, label=name)
+        zero = df[df["eps"] == 0]
+        if len(zero):
+            clean = float(zero[metric].iloc[0])
+    if clean is not None:
+        ax.axhline(clean, color="grey", linestyle="--", linewidth=1, label="clean")
+    ax.set_xscale("log")
+    ax.set_xlabel("ε (L∞ distance in [0, 1] pixel space; FGM: see params)")
+    ax.set_ylabel(f"{metric} accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title or f"{metric} accuracy vs ε")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def adversarial_figure(originals: np.ndarray, adversarials: Sequence[np.ndarray],
+                       epsilons: Sequence[float], clean_titles: Sequence[str],
+                       adv_titles: Sequence[Sequence[str]], path: str | Path,
+                       attack: str) -> Path:
+    """The proposal's Figure 4: rows (image, eps); columns original | perturbation | adversarial.
+
+    ``adversarials[j]`` holds the batch for ``epsilons[j]``; ``adv_titles[j][i]`` its titles.
+    The perturbation is shown amplified: eta / (2 max|eta|) + 0.5 (grey = no change).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(i, j) for i in range(len(originals)) for j in range(len(epsilons))]
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3.1 * len(rows)), dpi=100, squeeze=False)
+    for r, (i, j) in enumerate(rows):
+        x = originals[i]
+        eta = adversarials[j][i] - x
+        peak = float(np.abs(eta).max())
+        shown = eta / (2 * peak) + 0.5 if peak > 0 else np.full_like(eta, 0.5)
+        panels = [(x, f"original\n{clean_titles[i]}"),
+                  (shown, f"perturbation, ε = {epsilons[j]:g}\n(×{0.5 / peak:.0f} to be visible)"
+                   if peak > 0 else f"perturbation, ε = {epsilons[j]:g}\n(none)"),
+                  (adversarials[j][i], f"{attack}, ε = {epsilons[j]:g}\n{adv_titles[j][i]}")]
+        for ax, (img, title) in zip(axes[r], panels):
+            ax.imshow(np.clip(img, 0, 1))
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,46 @@
+"""Stage 'attack@<name>': accuracy-vs-eps sweep of one one-step attack.
+
+Usage: python stages/attack.py {fgsm,fgm,rfgsm,step_ll}
+Writes metrics/attacks/<name>.json and plots/attacks/<name>.csv.
+"""
+
+import sys
+
+import common
+from advpipe.attacks import ONE_STEP, make_attack, sweep
+from advpipe.config import get
+from advpipe.reporting import write_json, write_rows_csv
+
+
+def attack_options(p: dict, name: str) -> dict:
+    if name == "fgm":
+        return {"norm": get(p, "attacks.fgm.norm")}
+    if name == "rfgsm":
+        return {"alpha_fraction": get(p, "attacks.rfgsm.alpha_fraction")}
+    return {}
+
+
+def main(name: str) -> None:
+    if name not in ONE_STEP:
+        sys.exit(f"error: unknown attack '{name}'; choose one of {sorted(ONE_STEP)}")
+    p = common.params()
+    model = common.model(p)
+    images, labels, _ = common.attack_set()
+    attack = make_attack(name, model, labels=get(p, "attacks.labels"), seed=get(p, "seed"),
+                         **attack_options(p, name))
+    result = sweep(attack, images, labels, get(p, f"attacks.{name}.epsilons"),
+                   batch_size=get(p, "model.batch_size"), progress=common.log)
+    metrics = result.to_metrics()
+    metrics["labels"] = get(p, "attacks.labels")
+    metrics.update(attack_options(p, name))
+    write_json(f"metrics/attacks/{name}.json", metrics)
+    write_rows_csv(f"plots/attacks/{name}.csv",
+                   [{"attack": name, **row} for row in result.rows()])
+    common.log(f"{name}: clean top-1 {result.clean['top1']:.3f}; " + ", ".join(
+        f"eps {e:g}: {result.by_epsilon[e]['top1']:.3f}" for e in result.epsilons))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(f"usage: python stages/attack.py {{{','.join(ONE_STEP)}}}")
+    main(sys.argv[1])

@@ -1,0 +1,23 @@
+"""Stage 'baseline': clean top-1/top-5 of the attacked model on the attack set."""
+
+import common
+from advpipe.config import get
+from advpipe.evaluation import Timer, accuracy, predict_logits
+from advpipe.reporting import write_json
+
+
+def main() -> None:
+    p = common.params()
+    model = common.model(p)
+    images, labels, _ = common.attack_set()
+    common.log(f"baseline: {len(images)} images")
+    with Timer() as t:
+        logits = predict_logits(model, images, batch_size=get(p, "model.batch_size"))
+    acc = accuracy(logits, labels)
+    write_json("metrics/baseline.json", {"model": get(p, "model.name"), "n_images": len(images),
+                                         **acc, "seconds": round(t.seconds, 3)})
+    common.log(f"baseline: top-1 {acc['top1']:.4f}, top-5 {acc['top5']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Stage 'deepfool': DeepFool (Foolbox) on the attack set -> success rate, accuracy, rho_2."""
+
+import common
+from advpipe.attacks import deepfool
+from advpipe.config import get
+from advpipe.reporting import write_json
+
+
+def main() -> None:
+    p = common.params()
+    model = common.model(p)
+    images, labels, _ = common.attack_set()
+    result = deepfool(model, images, labels, steps=get(p, "attacks.deepfool.steps"),
+                      candidates=get(p, "attacks.deepfool.candidates"),
+                      overshoot=get(p, "attacks.deepfool.overshoot"),
+                      batch_size=get(p, "attacks.deepfool.batch_size"), progress=common.log)
+    metrics = result.to_metrics()
+    write_json("metrics/attacks/deepfool.json", metrics)
+    common.log(f"deepfool: success {metrics['success_rate']:.3f} "
+               f"(on correct: {metrics['success_rate_on_correct']:.3f}), "
+               f"rho2 {metrics['rho2']:.5f}, median L2 {metrics['l2_median']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
