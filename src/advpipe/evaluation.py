@@ -75,9 +75,7 @@ def predict_logits(model, images: np.ndarray, batch_size: int = 32,
     forward = forward or compiled_forward(model)
     out = []
     for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        batch = to_unit_float(batch) if batch.dtype == np.uint8 else batch.astype(np.float32)
-        out.append(forward(tf.constant(batch)).numpy())
+        out.append(forward(tf.constant(to_unit_float(images[start:start + batch_size]))).numpy())
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 

@@ -62,8 +62,11 @@ def load_square(path: str | Path, size: int = 224, resample: str = "bicubic") ->
 
 
 def to_unit_float(batch: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] -> float32 [0, 1]."""
-    return np.asarray(batch, dtype=np.float32) / np.float32(255.0)
+    """uint8 [0, 255] -> float32 [0, 1]; float input is taken as already in [0, 1]."""
+    batch = np.asarray(batch)
+    if batch.dtype == np.uint8:
+        return batch.astype(np.float32) / np.float32(255.0)
+    return batch.astype(np.float32, copy=False)
 
 
 def write_image_set(out_dir: str | Path, images: np.ndarray, manifest: pd.DataFrame) -> Path:
