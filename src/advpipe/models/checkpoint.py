@@ -104,7 +104,8 @@ def _rebuild_tensor(storage, storage_offset, size, stride) -> _PendingTensor:
     """Stand-in for ``torch._utils._rebuild_tensor``."""
     if not isinstance(storage, _StorageRef):
         raise UnsupportedCheckpointError("tensor rebuilt from something that is not a storage")
-    return _PendingTensor(storage, int(storage_offset), tuple(map(int, size)), tuple(map(int, stride)))
+    return _PendingTensor(storage, int(storage_offset), tuple(map(int, size)),
+                          tuple(map(int, stride)))
 
 
 def _rebuild_parameter(data, requires_grad, backward_hooks, *_ignored):
@@ -197,8 +198,9 @@ def _materialise(tensor: _PendingTensor, storages: dict[str, np.ndarray]) -> np.
             f"tensor {shape} / {stride} at offset {offset} exceeds its storage ({flat.size})"
         )
     base = flat[offset:]
-    view = as_strided(base, shape=shape, strides=[s * base.itemsize for s in stride], writeable=False)
-    return np.ascontiguousarray(view).copy()
+    strides = [s * base.itemsize for s in stride]
+    view = as_strided(base, shape=shape, strides=strides, writeable=False)
+    return np.array(view, copy=True, order="C")
 
 
 def _resolve(obj: Any, storages: dict[str, np.ndarray]) -> Any:
@@ -235,10 +237,12 @@ def load_state_dict(path: str | PathLike[str]) -> dict[str, np.ndarray]:
         except UnsafeCheckpointError:
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-            raise UnsupportedCheckpointError(f"{path}: not a legacy PyTorch checkpoint ({exc})") from exc
+            raise UnsupportedCheckpointError(
+                f"{path}: not a legacy PyTorch checkpoint ({exc})"
+            ) from exc
 
     if next_pickle()[0] != LEGACY_MAGIC_NUMBER:
-        raise UnsupportedCheckpointError(f"{path}: bad magic number, not a legacy PyTorch checkpoint")
+        raise UnsupportedCheckpointError(f"{path}: bad magic number, not a legacy checkpoint")
     if next_pickle()[0] != LEGACY_PROTOCOL_VERSION:
         raise UnsupportedCheckpointError(f"{path}: unsupported legacy protocol version")
     sys_info = next_pickle()[0]

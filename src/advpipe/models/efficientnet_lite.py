@@ -91,7 +91,7 @@ def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
 
 def _stage_repeats(index: int, repeats: int, depth: float) -> int:
     """Lite keeps the first and last stages' repeats; the others use ``ceil``."""
-    return repeats if index in (0, len(_BASE_STAGES) - 1) else int(math.ceil(repeats * depth))
+    return repeats if index in (0, len(_BASE_STAGES) - 1) else math.ceil(repeats * depth)
 
 
 def checkpoint_path(variant: str) -> str:
