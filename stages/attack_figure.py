@@ -38,8 +38,11 @@ def main() -> None:
     prepared = attack.prepare(x, labels[chosen], index=np.asarray(chosen))
     adversarials = [attack.perturb(prepared, e).numpy() for e in epsilons]
     adv_titles = [titles(attack.forward(tf.constant(a)).numpy()) for a in adversarials]
-    path = adversarial_figure(x, adversarials, epsilons, titles(prepared.clean_logits.numpy()),
-                              adv_titles, "plots/attacks/examples.png", name)
+    classes = imagenet_classes()
+    clean_titles = [f"true: {classes.short_name(int(labels[i]))}\npredicted: {t}"
+                    for i, t in zip(chosen, titles(prepared.clean_logits.numpy()))]
+    path = adversarial_figure(x, adversarials, epsilons, clean_titles, adv_titles,
+                              "plots/attacks/examples.png", name)
     common.log(f"wrote {path}")
 
 

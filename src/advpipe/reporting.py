@@ -102,7 +102,7 @@ def adversarial_figure(originals: np.ndarray, adversarials: Sequence[np.ndarray]
     import matplotlib.pyplot as plt
 
     rows = [(i, j) for i in range(len(originals)) for j in range(len(epsilons))]
-    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3.1 * len(rows)), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3.3 * len(rows)), dpi=100, squeeze=False)
     for r, (i, j) in enumerate(rows):
         x = originals[i]
         eta = adversarials[j][i] - x
@@ -111,7 +111,7 @@ def adversarial_figure(originals: np.ndarray, adversarials: Sequence[np.ndarray]
         panels = [(x, f"original\n{clean_titles[i]}"),
                   (shown, f"perturbation, ε = {epsilons[j]:g}\n(×{0.5 / peak:.0f} to be visible)"
                    if peak > 0 else f"perturbation, ε = {epsilons[j]:g}\n(none)"),
-                  (adversarials[j][i], f"{attack}, ε = {epsilons[j]:g}\n{adv_titles[j][i]}")]
+                  (adversarials[j][i], f"{attack}, ε = {epsilons[j]:g}\npredicted: {adv_titles[j][i]}")]
         for ax, (img, title) in zip(axes[r], panels):
             ax.imshow(np.clip(img, 0, 1))
             ax.set_title(title, fontsize=9)

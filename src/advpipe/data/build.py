@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .folder import load_folder
+from .images import load_square
 from .samples import load_samples
 
 
@@ -19,3 +20,53 @@ def from_samples(size: int = 224, resample: str = "bicubic") -> tuple[np.ndarray
 def from_folder(root, classes, per_class, size, resample):
     images, manifest, report = load_folder(root, classes, per_class, size, resample)
     return images, manifest, {"classes": report}
+
+
+def from_urls(settings: Mapping, raw_dir: str | Path, classes: list[int], per_class: int,
+              size: int, resample: str,
+              progress: Callable[[str], None] | None = None) -> tuple[np.ndarray, pd.DataFrame, dict]:
+    """Download ``per_class`` images of each class from an ImageNet URL list, then resize.
+
+    ``settings`` is the ``data.urls`` group of params (list, format, workers, timeout,
+    retries, backoff, min_bytes, min_side, max_pixels). Raw downloads and their
+    manifest stay in ``raw_dir`` so a rerun resumes.
+    """
+    from .class_index import imagenet_classes
+    from .download import download_classes
+    from .url_lists import read_url_list, select
+
+    table = imagenet_classes()
+    list_path = Path(settings["list"])
+    if not list_path.is_file():
+        raise FileNotFoundError(f"data.urls.list: '{list_path}' does not exist (download "
+                                "ImageNet's fall11_urls.txt or write a url,class_index CSV)")
+    parsed = read_url_list(list_path, format=settings["format"],
+                           wnid_to_index=table.wnid_to_index(), index_to_wnid=list(table.wnids))
+    by_class = select(parsed.entries, classes)
+    say = progress or (lambda msg: None)
+
+    def on_event(event) -> None:
+        if event.class_requested % 25 == 0 or event.class_accepted == event.quota:
+            say(f"[download] class {event.class_index} ({event.wnid}): "
+                f"{event.class_accepted}/{event.quota} accepted, "
+                f"{event.class_requested} tried, {event.class_rejected} rejected")
+
+    report = download_classes(
+        by_class, per_class, Path(raw_dir), workers=settings["workers"],
+        timeout=float(settings["timeout"]), retries=settings["retries"],
+        backoff=float(settings["backoff"]), min_bytes=settings["min_bytes"],
+        min_side=settings["min_side"], max_pixels=settings["max_pixels"], progress=on_event)
+    accepted = report.accepted_images()
+    images = [load_square(Path(raw_dir) / a.file, size, resample) for a in accepted]
+    manifest = pd.DataFrame({
+        "label": [a.class_index for a in accepted],
+        "wnid": [table.wnids[a.class_index] for a in accepted],
+        "name": [table.short_name(a.class_index) for a in accepted],
+        "source": [a.url for a in accepted],
+    })
+    for cls, rep in report.classes.items():
+        if not rep.full:
+            say(f"[download] warning: class {cls} has only {rep.accepted}/{per_class} images: "
+                "its URLs ran out")
+    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return stacked, manifest, {"url_list": parsed.stats.to_dict(), "download": report.to_dict()}

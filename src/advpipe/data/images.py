@@ -27,21 +27,40 @@ RESAMPLE = {
 }
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any Pillow mode (L, CMYK, P, LA, RGBA, I;16...) to RGB; alpha over white."""
-    if img.mode == "RGB":
-        return img
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, img).convert("RGB")
-    if img.mode.startswith("I;16") or img.mode == "I":
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        return Image.fromarray(np.clip(arr / peak * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
-    return img.convert("RGB")
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited on white.
+
+    Handles 1/L/P/CMYK/YCbCr/..., alpha modes (RGBA, LA, PA, RGBa, La),
+    palette or L/RGB images with a ``transparency`` entry, 16-bit
+    (``I;16*``, scaled by 255/65535), 32-bit ``I`` (scaled by 255/65535 when
+    its values exceed 255) and ``F`` (scaled by 255 when its values are in
+    [0, 1]).
+
+    Raises:
+        ValueError: ``unsupported_mode:<mode>`` if Pillow cannot convert it.
+    """
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    try:
+        if mode.startswith("I;16") or mode == "I":
+            wide = image if mode == "I" else image.convert("I")
+            high = wide.getextrema()[1]
+            scale = 1.0 if mode == "I" and high <= 255 else 255.0 / max(65535, high)
+            image = wide.point(lambda v: v * scale).convert("L")
+        elif mode == "F":
+            high = image.getextrema()[1]
+            scale = 255.0 if high <= 1.0 else 1.0
+            image = image.point(lambda v: v * scale).convert("L")
+        has_alpha = "A" in image.mode or "a" in image.mode or "transparency" in image.info
+        if has_alpha:
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            background.alpha_composite(rgba)
+            return background.convert("RGB")
+        return image.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"unsupported_mode:{mode}") from exc
 
 
 def to_square(img: Image.Image, size: int = 224, resample: str = "bicubic") -> Image.Image:

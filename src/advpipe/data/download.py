@@ -1,0 +1,1066 @@
+"""Download per-class image quotas from ImageNet URL lists.
+
+:func:`download_classes` walks each class's URL list (in file order) until
+``quota`` images are accepted or the list runs out.  It is
+
+* **concurrent** -- one :class:`~concurrent.futures.ThreadPoolExecutor` shared
+  by all classes, standard library HTTP (``urllib.request``) only;
+* **strict about content** -- HTTP 200, ``image/*`` Content-Type, a minimum
+  body size, a full Pillow decode (truncated files are rejected), a
+  decompression-bomb limit checked on the header before decoding, a minimum
+  side, and rejection of Flickr's "photo unavailable" placeholders (redirect
+  URL patterns, known body hashes, near-uniform images);
+* **deterministic** -- for one class, the number of accepted plus in-flight
+  URLs never exceeds the quota, and URLs are started in file order, so every
+  started URL that turns out good can be accepted.  Hence the accepted set is
+  exactly the first ``quota`` good URLs of the list, whatever the timing;
+* **resumable** -- every outcome is appended (and flushed) to
+  ``out_dir/manifest.csv`` as soon as it is known; a rerun counts accepted
+  rows whose file exists, skips permanently rejected URLs, may retry
+  transient errors, and issues no request for a class that is already full.
+  Images are written atomically (temp file + :func:`os.replace`).
+
+Accepted images are converted to RGB (alpha composited on white) and saved,
+at their original size and orientation (EXIF orientation is not applied,
+like the original ImageNet files), as lossless PNG under
+``out_dir/<wnid or class_index>/<class_index>_<sha1(url)[:16]>.png``.
+Multi-frame files (animated GIF) keep their first frame.
+
+Outcome statuses and reasons (the ``reason`` column of the manifest):
+
+``accepted``
+    reason empty (``adopted_file`` for an image found on disk without a
+    manifest row, i.e. after a hard kill between writing the file and the row).
+``rejected`` (permanent, never retried)
+    ``http_<code>`` (e.g. ``http_404``, ``http_410``, ``http_206``),
+    ``too_many_redirects``, ``redirect_error``, ``invalid_url``, ``dns_error``,
+    ``ssl_error``, ``placeholder_redirect``, ``content_type:<mime>`` (or
+    ``content_type:missing``), ``too_large_bytes``, ``too_small_bytes``,
+    ``placeholder_hash``, ``decode_error:<message>``, ``truncated``,
+    ``too_many_pixels``, ``too_small_side``, ``unsupported_mode:<mode>``,
+    ``placeholder_uniform``.
+``error`` (transient, after ``retries`` retries; retried by a rerun when
+``retry_errors``)
+    ``timeout``, ``connection_error`` (incl. DNS EAI_AGAIN; an unknown host
+    is the permanent ``dns_error``), ``http_429``, ``http_5xx`` codes.
+
+Process-global state is left alone: ``Image.MAX_IMAGE_PIXELS`` is never
+changed (the pixel limit is checked per call), the DecompressionBombWarning
+filter is installed only around ``Image.open`` under a lock and restored, and
+``ImageFile.LOAD_TRUNCATED_IMAGES`` is required to be False (RuntimeError
+otherwise) rather than being set.  ``placeholder_hashes`` is empty by
+default: the real Flickr placeholder files can't be fetched offline.
+
+One process per ``out_dir``: stray ``*.tmp`` files are deleted at start.  The
+manifest caches outcomes, so delete it (or use a new ``out_dir``) after
+changing validation settings.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import http.client
+import io
+import logging
+import os
+import re
+import socket
+import ssl
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from PIL import Image, ImageFile, ImageStat, UnidentifiedImageError
+
+from .images import to_rgb
+
+__all__ = [
+    "DEFAULT_PLACEHOLDER_URL_PATTERNS",
+    "DEFAULT_USER_AGENT",
+    "IMAGE_FORMATS",
+    "MANIFEST_COLUMNS",
+    "AcceptedImage",
+    "ClassReport",
+    "DownloadReport",
+    "ImageInfo",
+    "ImageRejected",
+    "ProgressEvent",
+    "download_classes",
+    "image_path",
+    "to_rgb",
+    "validate_image_bytes",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_USER_AGENT = "advpipe-url-downloader/0.1 (research; Python-urllib)"
+
+#: Regular expressions (searched case-insensitively) that mark the final URL
+#: after redirects as a "photo unavailable" placeholder.  Flickr redirects
+#: deleted photos to e.g. ``https://s.yimg.com/pw/images/en-us/photo_unavailable.png``
+#: or ``http://l.yimg.com/g/images/photo_unavailable_m.gif``.
+DEFAULT_PLACEHOLDER_URL_PATTERNS: tuple[str, ...] = (
+    r"photo_unavailable",
+    r"photo-unavailable",
+    r"/unavailable",
+)
+
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "class_index",
+    "wnid",
+    "url",
+    "line_no",
+    "status",
+    "reason",
+    "file",
+    "bytes",
+    "width",
+    "height",
+    "attempts",
+    "elapsed_s",
+)
+MANIFEST_NAME = "manifest.csv"
+
+ACCEPTED, REJECTED, ERROR = "accepted", "rejected", "error"
+_STATUSES = (ACCEPTED, REJECTED, ERROR)
+
+_CHUNK = 1 << 16
+#: Characters left as they are when re-quoting a URL's path and query.
+_SAFE_URL_CHARS = "/%:@!$&'()*+,;=~?"
+_SAFE_DIR_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+#: Formats Pillow may open.  Restricting them keeps untrusted bytes away from
+#: exotic decoders (EPS, for one, runs Ghostscript).
+IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
+#: Side of the nearest-neighbour thumbnail used by the uniformity heuristic.
+_STAT_SIDE = 128
+
+#: Serialises ``Image.open`` so that the DecompressionBombWarning -> error
+#: filter below is installed and restored by one thread at a time.
+_OPEN_LOCK = threading.Lock()
+
+
+class _EntryLike(Protocol):
+    """What the downloader needs from an entry (``url_lists.UrlEntry`` fits)."""
+
+    @property
+    def class_index(self) -> int: ...
+
+    @property
+    def wnid(self) -> str | None: ...
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def line_no(self) -> int: ...
+
+
+# --------------------------------------------------------------------------
+# image validation
+# --------------------------------------------------------------------------
+
+
+class ImageRejected(ValueError):
+    """Raised by :func:`validate_image_bytes`; ``reason`` is machine-readable."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What was learnt about an accepted image."""
+
+    format: str | None
+    mode: str
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+
+
+def _short_message(exc: BaseException) -> str:
+    """A one-line, address-free message for a ``decode_error:<msg>`` reason."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "cannot_identify"
+    text = str(exc) or type(exc).__name__
+    text = re.sub(r"<[^>]*>", "", text)  # object reprs carry memory addresses
+    text = re.sub(r"\s+", " ", text).strip()
+    return text[:100] or type(exc).__name__
+
+
+def _check_truncation_flag() -> None:
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise RuntimeError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by another module); "
+            "truncated downloads could not be detected. Set it to False before "
+            "downloading."
+        )
+
+
+def _is_near_uniform(rgb: Image.Image, uniform_std: float, max_colors: int) -> bool:
+    """Blank/placeholder heuristic on a nearest-neighbour thumbnail.
+
+    True when every channel's standard deviation is below ``uniform_std``
+    (0-255 scale) or the thumbnail has at most ``max_colors`` distinct colours.
+    """
+    width, height = rgb.size
+    small = rgb.resize((min(width, _STAT_SIDE), min(height, _STAT_SIDE)), Image.Resampling.NEAREST)
+    if uniform_std > 0 and max(ImageStat.Stat(small).stddev) < uniform_std:
+        return True
+    return max_colors > 0 and small.getcolors(maxcolors=max_colors) is not None
+
+
+def validate_image_bytes(
+    body: bytes,
+    *,
+    min_bytes: int = 2048,
+    min_side: int = 64,
+    max_pixels: int = 89_478_485,
+    placeholder_hashes: Collection[str] = frozenset(),
+    uniform_std: float = 4.0,
+    placeholder_max_colors: int = 8,
+) -> tuple[Image.Image, ImageInfo]:
+    """Validate downloaded bytes and return the image converted to RGB.
+
+    Checks, in order: size >= ``min_bytes``; sha256 not in
+    ``placeholder_hashes``; Pillow identifies it as one of
+    :data:`IMAGE_FORMATS`; width*height <=
+    ``max_pixels`` (from the header, before decoding pixels; Pillow's own
+    DecompressionBombError/Warning is also mapped to ``too_many_pixels`` --
+    note that Pillow refuses anything above ``2 * Image.MAX_IMAGE_PIXELS``
+    regardless); both sides >= ``min_side``; full decode (``load()``;
+    truncated files -> ``truncated``); conversion to RGB; not near-uniform
+    (see :func:`_is_near_uniform`, reason ``placeholder_uniform``).
+
+    Raises:
+        ImageRejected: with the reason of the first failed check.
+        RuntimeError: if ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is True.
+    """
+    _check_truncation_flag()
+    if len(body) < min_bytes:
+        raise ImageRejected("too_small_bytes")
+    digest = hashlib.sha256(body).hexdigest()
+    if digest in placeholder_hashes:
+        raise ImageRejected("placeholder_hash")
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(body), formats=IMAGE_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRejected("too_many_pixels") from None
+    except Exception as exc:  # Pillow raises many types on junk input
+        raise ImageRejected(f"decode_error:{_short_message(exc)}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageRejected("too_many_pixels")
+    if min(width, height) < min_side:
+        raise ImageRejected("too_small_side")
+    try:
+        image.load()
+    except Exception as exc:
+        message = _short_message(exc)
+        if "truncated" in message.lower():
+            raise ImageRejected("truncated") from None
+        raise ImageRejected(f"decode_error:{message}") from None
+    info = ImageInfo(image.format, image.mode, width, height, len(body), digest)
+    try:
+        rgb = to_rgb(image)
+    except ValueError as exc:
+        raise ImageRejected(str(exc)) from exc
+    if _is_near_uniform(rgb, uniform_std, placeholder_max_colors):
+        raise ImageRejected("placeholder_uniform")
+    return rgb, info
+
+
+# --------------------------------------------------------------------------
+# HTTP
+# --------------------------------------------------------------------------
+
+
+class _FetchFailed(Exception):
+    """A fetch attempt failed; ``transient`` failures may be retried."""
+
+    def __init__(self, reason: str, transient: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+
+
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follows at most ``max_redirections`` redirects."""
+
+    def __init__(self, max_redirections: int) -> None:
+        super().__init__()
+        self.max_redirections = max_redirections
+        self.max_repeats = min(self.max_repeats, max_redirections)
+
+
+def _build_opener(max_redirects: int) -> urllib.request.OpenerDirector:
+    """An http/https-only opener (no file://, ftp://, data:) with capped redirects."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(),  # honours http(s)_proxy / no_proxy
+        urllib.request.UnknownHandler(),
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        _RedirectHandler(max_redirects),
+        urllib.request.HTTPErrorProcessor(),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
+def _request_url(url: str) -> str:
+    """Percent-encode a listed URL for sending (non-ASCII, spaces); drop the fragment.
+
+    Raises:
+        _FetchFailed: ``invalid_url`` for non-http(s) or unparsable URLs.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError("not an http(s) URL")
+        netloc = parts.netloc
+        if not netloc.isascii():
+            netloc = parts.hostname.encode("idna").decode("ascii")
+            if parts.port is not None:
+                netloc = f"{netloc}:{parts.port}"
+        path = urllib.parse.quote(parts.path or "/", safe=_SAFE_URL_CHARS)
+        query = urllib.parse.quote(parts.query, safe=_SAFE_URL_CHARS)
+        return urllib.parse.urlunsplit((parts.scheme.lower(), netloc, path, query, ""))
+    except (ValueError, UnicodeError):
+        raise _FetchFailed("invalid_url", transient=False) from None
+
+
+def _classify_exception(exc: BaseException) -> tuple[str, bool]:
+    """Map a urllib/socket exception to ``(reason, transient)``."""
+    if isinstance(exc, urllib.error.HTTPError):
+        code = exc.code
+        if 300 <= code < 400:
+            if "infinite loop" in str(exc.msg):
+                return "too_many_redirects", False
+            return "redirect_error", False
+        return f"http_{code}", code == 429 or 500 <= code < 600
+    if isinstance(exc, urllib.error.URLError):
+        inner = exc.reason
+        if isinstance(inner, BaseException):
+            return _classify_exception(inner)
+        if "unknown url type" in str(inner):
+            return "invalid_url", False
+        return "connection_error", True
+    if isinstance(exc, TimeoutError):  # socket.timeout is an alias
+        return "timeout", True
+    if isinstance(exc, socket.gaierror):
+        temporary = exc.errno == getattr(socket, "EAI_AGAIN", object())
+        return ("connection_error", True) if temporary else ("dns_error", False)
+    if isinstance(exc, ssl.SSLError):
+        return "ssl_error", False
+    if isinstance(exc, ValueError):  # includes http.client.InvalidURL, UnicodeError
+        return "invalid_url", False
+    if isinstance(exc, (http.client.HTTPException, OSError)):
+        return "connection_error", True
+    return f"fetch_error:{type(exc).__name__}", False
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """All knobs of one :func:`download_classes` call (validated there)."""
+
+    timeout: float
+    retries: int
+    backoff: float
+    min_bytes: int
+    min_side: int
+    max_pixels: int
+    max_bytes: int
+    transfer_timeout: float
+    user_agent: str
+    placeholder_url_patterns: tuple[re.Pattern[str], ...]
+    placeholder_hashes: frozenset[str]
+    uniform_std: float
+    placeholder_max_colors: int
+
+
+def _fetch(opener: urllib.request.OpenerDirector, url: str, settings: _Settings) -> bytes:
+    """One HTTP attempt; returns the body of an acceptable response.
+
+    Raises:
+        _FetchFailed: with the reason and whether it is transient.
+    """
+    request = urllib.request.Request(
+        url, headers={"User-Agent": settings.user_agent, "Accept": "image/*,*/*;q=0.5"}
+    )
+    started = time.monotonic()
+    try:
+        with opener.open(request, timeout=settings.timeout) as response:
+            final_url = response.geturl()
+            if any(p.search(final_url) for p in settings.placeholder_url_patterns):
+                raise _FetchFailed("placeholder_redirect", transient=False)
+            if response.status != 200:
+                raise _FetchFailed(f"http_{response.status}", transient=False)
+            content_type = response.headers.get("Content-Type")
+            mime = content_type.split(";", 1)[0].strip().lower() if content_type else ""
+            if not mime:
+                raise _FetchFailed("content_type:missing", transient=False)
+            if not mime.startswith("image/"):
+                raise _FetchFailed(f"content_type:{mime}", transient=False)
+            length = response.headers.get("Content-Length")
+            if length and length.strip().isdigit() and int(length) > settings.max_bytes:
+                raise _FetchFailed("too_large_bytes", transient=False)
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := response.read(_CHUNK):
+                size += len(chunk)
+                if size > settings.max_bytes:
+                    raise _FetchFailed("too_large_bytes", transient=False)
+                if time.monotonic() - started > settings.transfer_timeout:
+                    raise _FetchFailed("timeout", transient=True)
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except _FetchFailed:
+        raise
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        reason, transient = _classify_exception(exc)
+        raise _FetchFailed(reason, transient) from None
+    except Exception as exc:
+        reason, transient = _classify_exception(exc)
+        raise _FetchFailed(reason, transient) from None
+
+
+# --------------------------------------------------------------------------
+# one URL: fetch with retries, validate, save
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    entry: _EntryLike
+    status: str
+    reason: str = ""
+    file: str = ""
+    bytes: int = 0
+    width: int = 0
+    height: int = 0
+    attempts: int = 0
+    elapsed_s: float = 0.0
+
+
+def _class_dir_name(entry: _EntryLike) -> str:
+    wnid = entry.wnid
+    return wnid if wnid and _SAFE_DIR_NAME.match(wnid) else str(entry.class_index)
+
+
+def image_path(entry: _EntryLike) -> str:
+    """Relative (POSIX) path of an entry's image under ``out_dir``.
+
+    ``<wnid or class_index>/<class_index>_<sha1(url)[:16]>.png`` -- derived
+    from the listed URL only, so reruns find the same file.
+    """
+    digest = hashlib.sha1(entry.url.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{_class_dir_name(entry)}/{entry.class_index}_{digest}.png"
+
+
+def _save_png_atomic(image: Image.Image, path: Path) -> None:
+    """Write ``image`` as PNG via a same-directory temp file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format="PNG")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def _process(
+    entry: _EntryLike,
+    settings: _Settings,
+    opener: urllib.request.OpenerDirector,
+    out_dir: Path,
+    stop: threading.Event,
+) -> _Outcome:
+    """Fetch (with retries), validate and save one URL; runs in a worker thread.
+
+    Only local I/O errors while saving propagate; every URL problem becomes
+    an outcome.
+    """
+    started = time.monotonic()
+
+    def outcome(status: str, reason: str = "", **fields: object) -> _Outcome:
+        elapsed = round(time.monotonic() - started, 3)
+        return _Outcome(entry, status, reason, elapsed_s=elapsed, **fields)  # type: ignore[arg-type]
+
+    attempts = 0
+    try:
+        url = _request_url(entry.url)
+        while True:
+            attempts += 1
+            try:
+                body = _fetch(opener, url, settings)
+                break
+            except _FetchFailed as failure:
+                if not failure.transient:
+                    raise
+                if attempts > settings.retries or stop.is_set():
+                    raise
+                delay = settings.backoff * 2 ** (attempts - 1)
+                if stop.wait(delay):  # interrupted while backing off
+                    raise
+    except _FetchFailed as failure:
+        status = ERROR if failure.transient else REJECTED
+        return outcome(status, failure.reason, attempts=attempts)
+
+    try:
+        rgb, info = validate_image_bytes(
+            body,
+            min_bytes=settings.min_bytes,
+            min_side=settings.min_side,
+            max_pixels=settings.max_pixels,
+            placeholder_hashes=settings.placeholder_hashes,
+            uniform_std=settings.uniform_std,
+            placeholder_max_colors=settings.placeholder_max_colors,
+        )
+    except ImageRejected as rejection:
+        return outcome(REJECTED, rejection.reason, bytes=len(body), attempts=attempts)
+
+    relative = image_path(entry)
+    _save_png_atomic(rgb, out_dir / relative)
+    return outcome(
+        ACCEPTED,
+        file=relative,
+        bytes=info.bytes,
+        width=info.width,
+        height=info.height,
+        attempts=attempts,
+    )
+
+
+# --------------------------------------------------------------------------
+# manifest
+# --------------------------------------------------------------------------
+
+
+def _read_manifest(path: Path) -> dict[tuple[int, str], dict[str, str]]:
+    """Last manifest row per ``(class_index, url)``; malformed rows are skipped.
+
+    Raises:
+        ValueError: if the header is not :data:`MANIFEST_COLUMNS`.
+    """
+    rows: dict[tuple[int, str], dict[str, str]] = {}
+    if not path.exists() or path.stat().st_size == 0:
+        return rows
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
+            raise ValueError(
+                f"{path}: unexpected manifest columns {reader.fieldnames}; expected "
+                f"{list(MANIFEST_COLUMNS)}. Delete it or use another out_dir."
+            )
+        for row in reader:
+            if any(row.get(column) is None for column in MANIFEST_COLUMNS):
+                continue  # a row cut short by a hard kill
+            if row["status"] not in _STATUSES:
+                continue
+            try:
+                key = (int(row["class_index"]), row["url"])
+            except ValueError:
+                continue
+            rows[key] = row
+    return rows
+
+
+class _ManifestWriter:
+    """Appends one flushed CSV row per outcome (single writer: the main thread)."""
+
+    def __init__(self, path: Path) -> None:
+        needs_header = not path.exists() or path.stat().st_size == 0
+        needs_newline = False
+        if not needs_header:
+            with open(path, "rb") as handle:
+                handle.seek(-1, os.SEEK_END)
+                needs_newline = handle.read(1) != b"\n"
+        self._handle = open(path, "a", encoding="utf-8", newline="")
+        self._writer = csv.writer(self._handle, lineterminator="\n")
+        if needs_newline:
+            self._handle.write("\n")
+        if needs_header:
+            self._writer.writerow(MANIFEST_COLUMNS)
+        self._handle.flush()
+
+    def write(self, outcome: _Outcome) -> None:
+        entry = outcome.entry
+        self._writer.writerow(
+            (
+                entry.class_index,
+                entry.wnid or "",
+                entry.url,
+                entry.line_no,
+                outcome.status,
+                outcome.reason,
+                outcome.file,
+                outcome.bytes,
+                outcome.width,
+                outcome.height,
+                outcome.attempts,
+                f"{outcome.elapsed_s:.3f}",
+            )
+        )
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+# --------------------------------------------------------------------------
+# report and progress
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AcceptedImage:
+    """An accepted image; ``file`` is relative to the report's ``out_dir``."""
+
+    class_index: int
+    wnid: str | None
+    url: str
+    line_no: int
+    file: str
+    width: int
+    height: int
+
+
+@dataclass
+class ClassReport:
+    """Outcome of one class.
+
+    Attributes:
+        available: distinct URLs listed for the class.
+        accepted: accepted images counted toward the quota (<= quota),
+            including ``resumed`` ones from earlier runs.
+        resumed: accepted images taken over from an earlier run.
+        requested: URLs fetched in this run (rejected + errors + newly accepted).
+        rejected / errors: this run's permanent / transient failures.
+        skipped_rejected: URLs not fetched because the manifest holds a
+            permanent rejection for them.
+        duplicates: repeated URLs in the class list (ignored).
+        reasons: this run's rejection/error reasons with counts.
+        files: the accepted images, in list order.
+    """
+
+    class_index: int
+    wnid: str | None
+    quota: int
+    available: int = 0
+    accepted: int = 0
+    resumed: int = 0
+    requested: int = 0
+    rejected: int = 0
+    errors: int = 0
+    skipped_rejected: int = 0
+    duplicates: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    files: list[AcceptedImage] = field(default_factory=list)
+
+    @property
+    def full(self) -> bool:
+        """True when the quota is met."""
+        return self.accepted >= self.quota
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-serialisable summary (without the file list)."""
+        return {
+            "wnid": self.wnid,
+            "quota": self.quota,
+            "accepted": self.accepted,
+            "full": self.full,
+            "available": self.available,
+            "resumed": self.resumed,
+            "requested": self.requested,
+            "rejected": self.rejected,
+            "errors": self.errors,
+            "skipped_rejected": self.skipped_rejected,
+            "duplicates": self.duplicates,
+            "reasons": dict(sorted(self.reasons.items())),
+        }
+
+
+@dataclass
+class DownloadReport:
+    """Result of :func:`download_classes`; ``classes`` keeps the input order."""
+
+    quota: int
+    out_dir: Path
+    manifest_path: Path
+    classes: dict[int, ClassReport]
+    elapsed_s: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        """True when every class met its quota."""
+        return all(c.full for c in self.classes.values())
+
+    @property
+    def reasons(self) -> Counter[str]:
+        """This run's rejection/error reasons over all classes."""
+        total: Counter[str] = Counter()
+        for c in self.classes.values():
+            total.update(c.reasons)
+        return total
+
+    def accepted_images(self) -> list[AcceptedImage]:
+        """All accepted images, class by class, each class in list order."""
+        return [image for c in self.classes.values() for image in c.files]
+
+    def totals(self) -> dict[str, int]:
+        """Counts summed over classes."""
+        keys = ("accepted", "resumed", "requested", "rejected", "errors", "skipped_rejected", "duplicates")
+        sums = {k: sum(getattr(c, k) for c in self.classes.values()) for k in keys}
+        sums["quota"] = self.quota * len(self.classes)
+        sums["classes"] = len(self.classes)
+        sums["classes_full"] = sum(c.full for c in self.classes.values())
+        return sums
+
+    def to_dict(self) -> dict[str, object]:
+        """Nested, JSON-serialisable view for a metrics file."""
+        return {
+            "quota": self.quota,
+            "complete": self.complete,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "out_dir": str(self.out_dir),
+            "manifest": str(self.manifest_path),
+            "totals": self.totals(),
+            "reasons": dict(sorted(self.reasons.items())),
+            "classes": {str(k): c.to_dict() for k, c in self.classes.items()},
+        }
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Sent to the ``progress`` callback after every URL outcome of a run."""
+
+    class_index: int
+    wnid: str | None
+    url: str
+    status: str
+    reason: str
+    class_accepted: int
+    quota: int
+    class_requested: int
+    class_rejected: int
+    class_errors: int
+    done: int
+    total_accepted: int
+    total_quota: int
+
+
+# --------------------------------------------------------------------------
+# scheduling
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class _ClassState:
+    report: ClassReport
+    queue: deque[_EntryLike]
+    order: dict[str, int]  # url -> position in the class list
+    in_flight: int = 0
+
+    def can_start(self) -> bool:
+        # accepted + in_flight <= quota keeps the accepted set deterministic:
+        # every started URL that turns out good can be accepted.
+        return bool(self.queue) and self.report.accepted + self.in_flight < self.report.quota
+
+
+def _adopt_file(path: Path) -> tuple[int, int] | None:
+    """Size of an image left on disk without a manifest row, or None if unreadable."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.size
+    except Exception:
+        with suppress(OSError):
+            path.unlink()
+        return None
+
+
+def _prepare_class(
+    class_index: int,
+    entries: Sequence[_EntryLike],
+    quota: int,
+    out_dir: Path,
+    previous: Mapping[tuple[int, str], Mapping[str, str]],
+    manifest: _ManifestWriter,
+    retry_errors: bool,
+) -> _ClassState:
+    """Apply earlier outcomes to a class and queue the URLs still to try."""
+    wnid = next((e.wnid for e in entries if e.wnid), None)
+    report = ClassReport(class_index, wnid, quota)
+    queue: deque[_EntryLike] = deque()
+    order: dict[str, int] = {}
+    for entry in entries:
+        if entry.class_index != class_index:
+            raise ValueError(
+                f"entry on line {entry.line_no} has class_index {entry.class_index} "
+                f"but is listed under class {class_index}"
+            )
+        if entry.url in order:
+            report.duplicates += 1
+            continue
+        order[entry.url] = len(order)
+        report.available += 1
+        if report.accepted >= quota:
+            continue  # full from earlier runs: nothing after this is needed
+        row = previous.get((class_index, entry.url))
+        relative = image_path(entry)
+        path = out_dir / relative
+        if row is not None and row["status"] == ACCEPTED and path.is_file():
+            width, height = int(row["width"] or 0), int(row["height"] or 0)
+        elif row is not None and row["status"] == REJECTED:
+            report.skipped_rejected += 1
+            continue
+        elif row is not None and row["status"] == ERROR and not retry_errors:
+            continue
+        elif path.is_file() and (size := _adopt_file(path)) is not None:
+            width, height = size
+            manifest.write(_Outcome(entry, ACCEPTED, "adopted_file", relative, 0, width, height))
+        else:
+            queue.append(entry)
+            continue
+        report.accepted += 1
+        report.resumed += 1
+        report.files.append(
+            AcceptedImage(class_index, entry.wnid, entry.url, entry.line_no, relative, width, height)
+        )
+    return _ClassState(report, queue, order)
+
+
+def _clean_temp_files(out_dir: Path) -> int:
+    removed = 0
+    for stray in out_dir.rglob("*.tmp"):
+        if stray.is_file():
+            stray.unlink()
+            removed += 1
+    return removed
+
+
+def download_classes(
+    entries_by_class: Mapping[int, Sequence[_EntryLike]],
+    quota: int,
+    out_dir: str | Path,
+    *,
+    workers: int = 8,
+    timeout: float = 10.0,
+    retries: int = 2,
+    backoff: float = 0.5,
+    min_bytes: int = 2048,
+    min_side: int = 64,
+    max_pixels: int = 89_478_485,
+    max_bytes: int = 50_000_000,
+    transfer_timeout: float = 60.0,
+    max_redirects: int = 5,
+    user_agent: str = DEFAULT_USER_AGENT,
+    placeholder_url_patterns: Sequence[str] = DEFAULT_PLACEHOLDER_URL_PATTERNS,
+    placeholder_hashes: Collection[str] = frozenset(),
+    uniform_std: float = 4.0,
+    placeholder_max_colors: int = 8,
+    retry_errors: bool = True,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    log_every: int = 200,
+) -> DownloadReport:
+    """Download up to ``quota`` validated images per class (see module docstring).
+
+    Args:
+        entries_by_class: class index -> its URL entries in file order (e.g.
+            from :func:`advpipe.data.url_lists.select`).
+        quota: images wanted per class.
+        out_dir: output directory (images, ``manifest.csv``).
+        workers: concurrent HTTP requests.
+        timeout: socket timeout per request (connect / each read), seconds.
+        retries: extra attempts after a transient failure (timeout,
+            connection error, HTTP 429/5xx); delays ``backoff * 2**k``.
+        min_bytes, min_side, max_pixels, uniform_std, placeholder_max_colors:
+            see :func:`validate_image_bytes`.
+        max_bytes: larger bodies are rejected (``too_large_bytes``).
+        transfer_timeout: wall-clock limit for one attempt's body transfer.
+        max_redirects: redirects followed per request.
+        user_agent: the User-Agent header.
+        placeholder_url_patterns: regexes searched (case-insensitively) in the
+            final URL after redirects -> ``placeholder_redirect``.
+        placeholder_hashes: sha256 hex digests of known placeholder bodies ->
+            ``placeholder_hash``.  Empty by default: the real Flickr
+            placeholders cannot be fetched offline; add their digests when known.
+        retry_errors: refetch URLs whose manifest row is a transient ``error``.
+        progress: called with a :class:`ProgressEvent` after every URL outcome
+            (in the calling thread; an exception it raises, e.g.
+            KeyboardInterrupt, stops the run after in-flight requests finish
+            and are recorded).
+        log_every: log a progress line every this many outcomes (0: never).
+
+    Returns:
+        A :class:`DownloadReport`.
+
+    Raises:
+        ValueError: invalid arguments, entries under the wrong class, or a
+            manifest with unexpected columns.
+        RuntimeError: if ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is True.
+        OSError: when an image or the manifest cannot be written.
+    """
+    if quota < 0:
+        raise ValueError(f"quota must be >= 0, got {quota}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if timeout <= 0 or transfer_timeout <= 0:
+        raise ValueError("timeout and transfer_timeout must be > 0")
+    if retries < 0 or backoff < 0:
+        raise ValueError("retries and backoff must be >= 0")
+    if max_redirects < 0 or max_pixels < 1 or max_bytes < 1 or min_side < 0:
+        raise ValueError("max_redirects/min_side must be >= 0 and max_pixels/max_bytes >= 1")
+    _check_truncation_flag()
+
+    settings = _Settings(
+        timeout=float(timeout),
+        retries=int(retries),
+        backoff=float(backoff),
+        min_bytes=int(min_bytes),
+        min_side=int(min_side),
+        max_pixels=int(max_pixels),
+        max_bytes=int(max_bytes),
+        transfer_timeout=float(transfer_timeout),
+        user_agent=user_agent,
+        placeholder_url_patterns=tuple(re.compile(p, re.IGNORECASE) for p in placeholder_url_patterns),
+        placeholder_hashes=frozenset(h.lower() for h in placeholder_hashes),
+        uniform_std=float(uniform_std),
+        placeholder_max_colors=int(placeholder_max_colors),
+    )
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    removed = _clean_temp_files(out_dir)
+    if removed:
+        logger.info("removed %d stray temp file(s) under %s", removed, out_dir)
+    manifest_path = out_dir / MANIFEST_NAME
+    previous = _read_manifest(manifest_path)
+    manifest = _ManifestWriter(manifest_path)
+
+    states: dict[int, _ClassState] = {}
+    report = DownloadReport(quota, out_dir, manifest_path, {})
+    try:
+        for class_index, entries in entries_by_class.items():
+            state = _prepare_class(
+                int(class_index), entries, quota, out_dir, previous, manifest, retry_errors
+            )
+            states[int(class_index)] = state
+            report.classes[int(class_index)] = state.report
+        total_quota = quota * len(states)
+        total_accepted = sum(s.report.accepted for s in states.values())
+        done = 0
+
+        def record(outcome: _Outcome) -> _ClassState:
+            nonlocal total_accepted
+            state = states[outcome.entry.class_index]
+            state.in_flight -= 1
+            manifest.write(outcome)
+            class_report = state.report
+            class_report.requested += 1
+            if outcome.status == ACCEPTED:
+                class_report.accepted += 1
+                total_accepted += 1
+                entry = outcome.entry
+                class_report.files.append(
+                    AcceptedImage(
+                        entry.class_index, entry.wnid, entry.url, entry.line_no,
+                        outcome.file, outcome.width, outcome.height,
+                    )
+                )
+                assert class_report.accepted <= quota, "quota invariant violated"
+            else:
+                class_report.reasons[outcome.reason] += 1
+                if outcome.status == REJECTED:
+                    class_report.rejected += 1
+                else:
+                    class_report.errors += 1
+            return state
+
+        opener = _build_opener(max_redirects)
+        stop = threading.Event()
+        in_flight: dict[Future[_Outcome], int] = {}
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download") as pool:
+            try:
+                while True:
+                    # Fill the pool, earlier classes first, never queueing work.
+                    for state in states.values():
+                        while len(in_flight) < workers and state.can_start():
+                            entry = state.queue.popleft()
+                            state.in_flight += 1
+                            future = pool.submit(_process, entry, settings, opener, out_dir, stop)
+                            in_flight[future] = entry.class_index
+                        if len(in_flight) >= workers:
+                            break
+                    if not in_flight:
+                        break
+                    finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        del in_flight[future]
+                        outcome = future.result()
+                        state = record(outcome)
+                        done += 1
+                        r = state.report
+                        if progress is not None:
+                            progress(
+                                ProgressEvent(
+                                    r.class_index, r.wnid, outcome.entry.url,
+                                    outcome.status, outcome.reason,
+                                    r.accepted, quota, r.requested, r.rejected, r.errors,
+                                    done, total_accepted, total_quota,
+                                )
+                            )
+                        if log_every and done % log_every == 0:
+                            logger.info(
+                                "%d URLs done; class %d (%s): %d/%d accepted, %d requested, "
+                                "%d rejected, %d errors; total %d/%d",
+                                done, r.class_index, r.wnid, r.accepted, quota, r.requested,
+                                r.rejected, r.errors, total_accepted, total_quota,
+                            )
+            except BaseException:
+                # Interrupted (e.g. KeyboardInterrupt from the progress callback):
+                # stop retry loops, let running requests finish and record them.
+                stop.set()
+                for future in list(in_flight):
+                    with suppress(Exception):
+                        record(future.result())
+                in_flight.clear()
+                raise
+    finally:
+        manifest.close()
+
+    for state in states.values():
+        position = state.order
+        state.report.files.sort(key=lambda image, position=position: position[image.url])
+    report.elapsed_s = time.monotonic() - started
+    totals = report.totals()
+    logger.info(
+        "download finished: %d/%d classes full, %d/%d images (%d new), %d rejected, %d errors, %.1f s",
+        totals["classes_full"], totals["classes"], totals["accepted"], totals["quota"],
+        totals["accepted"] - totals["resumed"], totals["rejected"], totals["errors"], report.elapsed_s,
+    )
+    return report
