@@ -85,8 +85,12 @@ def test_plots_and_figure(repo):
     for name in ["top1_vs_eps.png", "top5_vs_eps.png", "examples.png"]:
         assert (d / "plots/attacks" / name).stat().st_size > 10_000
     out = _run(["dvc", "plots", "show", "--json"], d, env)
-    shown = json.loads(out)
-    assert "top1_vs_eps" in shown and "top5_vs_eps" in shown
+    shown = json.loads(out)["data"]
+    for plot in ("top1_vs_eps", "top5_vs_eps"):
+        values = shown[plot][0]["content"]["data"]["values"]
+        assert {v["filename"] for v in values} == {  # one line per attack, 11 points each
+            "fgsm.csv", "fgm.csv", "rfgsm.csv", "step_ll.csv"}
+        assert len(values) == 4 * 11
 
 
 def test_second_repro_is_a_no_op_and_one_eps_change_reruns_one_attack(repo):
