@@ -39,6 +39,20 @@ def _json_safe(obj):
     return obj
 
 
+def _save_figure(fig, path: str | Path) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def write_json(path: str | Path, data: Mapping) -> Path:
     """Nested metrics JSON (NaN becomes null; floats rounded to 6 decimals)."""
     return _atomic_write_text(Path(path), json.dumps(_json_safe(data), indent=2) + "\n")
@@ -77,14 +91,7 @@ def plot_accuracy_vs_eps(curves: Mapping[str, pd.DataFrame], metric: str, path: 
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title or f"{metric} accuracy vs ε")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save_figure(fig, path)
 
 
 def adversarial_figure(originals: np.ndarray, adversarials: Sequence[np.ndarray],
@@ -116,11 +123,4 @@ def adversarial_figure(originals: np.ndarray, adversarials: Sequence[np.ndarray]
             ax.imshow(np.clip(img, 0, 1))
             ax.set_title(title, fontsize=9)
             ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save_figure(fig, path)
