@@ -7,7 +7,7 @@ from PIL import Image
 
 from advpipe.data.class_index import imagenet_classes
 from advpipe.data.folder import load_folder
-from advpipe.data.images import load_square, read_image_set, to_rgb, to_square, write_image_set
+from advpipe.data.images import read_image_set, to_rgb, to_square, write_image_set
 from advpipe.data.samples import load_samples
 from advpipe.data.splits import stratified_split
 

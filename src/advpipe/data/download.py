@@ -61,7 +61,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import http.client
-import io
 import logging
 import os
 import re
@@ -73,7 +72,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -82,9 +80,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from PIL import Image, ImageFile, ImageStat, UnidentifiedImageError
+from PIL import Image
 
 from .images import to_rgb
+from .validate import (IMAGE_FORMATS, ImageInfo, ImageRejected, check_truncation_flag,
+                       validate_image_bytes)
 
 __all__ = [
     "DEFAULT_PLACEHOLDER_URL_PATTERNS",
@@ -140,15 +140,6 @@ _CHUNK = 1 << 16
 #: Characters left as they are when re-quoting a URL's path and query.
 _SAFE_URL_CHARS = "/%:@!$&'()*+,;=~?"
 _SAFE_DIR_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-#: Formats Pillow may open.  Restricting them keeps untrusted bytes away from
-#: exotic decoders (EPS, for one, runs Ghostscript).
-IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
-#: Side of the nearest-neighbour thumbnail used by the uniformity heuristic.
-_STAT_SIDE = 128
-
-#: Serialises ``Image.open`` so that the DecompressionBombWarning -> error
-#: filter below is installed and restored by one thread at a time.
-_OPEN_LOCK = threading.Lock()
 
 
 class _EntryLike(Protocol):
@@ -165,125 +156,6 @@ class _EntryLike(Protocol):
 
     @property
     def line_no(self) -> int: ...
-
-
-# --------------------------------------------------------------------------
-# image validation
-# --------------------------------------------------------------------------
-
-
-class ImageRejected(ValueError):
-    """Raised by :func:`validate_image_bytes`; ``reason`` is machine-readable."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """What was learnt about an accepted image."""
-
-    format: str | None
-    mode: str
-    width: int
-    height: int
-    bytes: int
-    sha256: str
-
-
-def _short_message(exc: BaseException) -> str:
-    """A one-line, address-free message for a ``decode_error:<msg>`` reason."""
-    if isinstance(exc, UnidentifiedImageError):
-        return "cannot_identify"
-    text = str(exc) or type(exc).__name__
-    text = re.sub(r"<[^>]*>", "", text)  # object reprs carry memory addresses
-    text = re.sub(r"\s+", " ", text).strip()
-    return text[:100] or type(exc).__name__
-
-
-def _check_truncation_flag() -> None:
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RuntimeError(
-            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by another module); "
-            "truncated downloads could not be detected. Set it to False before "
-            "downloading."
-        )
-
-
-def _is_near_uniform(rgb: Image.Image, uniform_std: float, max_colors: int) -> bool:
-    """Blank/placeholder heuristic on a nearest-neighbour thumbnail.
-
-    True when every channel's standard deviation is below ``uniform_std``
-    (0-255 scale) or the thumbnail has at most ``max_colors`` distinct colours.
-    """
-    width, height = rgb.size
-    small = rgb.resize((min(width, _STAT_SIDE), min(height, _STAT_SIDE)), Image.Resampling.NEAREST)
-    if uniform_std > 0 and max(ImageStat.Stat(small).stddev) < uniform_std:
-        return True
-    return max_colors > 0 and small.getcolors(maxcolors=max_colors) is not None
-
-
-def validate_image_bytes(
-    body: bytes,
-    *,
-    min_bytes: int = 2048,
-    min_side: int = 64,
-    max_pixels: int = 89_478_485,
-    placeholder_hashes: Collection[str] = frozenset(),
-    uniform_std: float = 4.0,
-    placeholder_max_colors: int = 8,
-) -> tuple[Image.Image, ImageInfo]:
-    """Validate downloaded bytes and return the image converted to RGB.
-
-    Checks, in order: size >= ``min_bytes``; sha256 not in
-    ``placeholder_hashes``; Pillow identifies it as one of
-    :data:`IMAGE_FORMATS`; width*height <=
-    ``max_pixels`` (from the header, before decoding pixels; Pillow's own
-    DecompressionBombError/Warning is also mapped to ``too_many_pixels`` --
-    note that Pillow refuses anything above ``2 * Image.MAX_IMAGE_PIXELS``
-    regardless); both sides >= ``min_side``; full decode (``load()``;
-    truncated files -> ``truncated``); conversion to RGB; not near-uniform
-    (see :func:`_is_near_uniform`, reason ``placeholder_uniform``).
-
-    Raises:
-        ImageRejected: with the reason of the first failed check.
-        RuntimeError: if ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is True.
-    """
-    _check_truncation_flag()
-    if len(body) < min_bytes:
-        raise ImageRejected("too_small_bytes")
-    digest = hashlib.sha256(body).hexdigest()
-    if digest in placeholder_hashes:
-        raise ImageRejected("placeholder_hash")
-    try:
-        with _OPEN_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(body), formats=IMAGE_FORMATS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageRejected("too_many_pixels") from None
-    except Exception as exc:  # Pillow raises many types on junk input
-        raise ImageRejected(f"decode_error:{_short_message(exc)}") from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageRejected("too_many_pixels")
-    if min(width, height) < min_side:
-        raise ImageRejected("too_small_side")
-    try:
-        image.load()
-    except Exception as exc:
-        message = _short_message(exc)
-        if "truncated" in message.lower():
-            raise ImageRejected("truncated") from None
-        raise ImageRejected(f"decode_error:{message}") from None
-    info = ImageInfo(image.format, image.mode, width, height, len(body), digest)
-    try:
-        rgb = to_rgb(image)
-    except ValueError as exc:
-        raise ImageRejected(str(exc)) from exc
-    if _is_near_uniform(rgb, uniform_std, placeholder_max_colors):
-        raise ImageRejected("placeholder_uniform")
-    return rgb, info
 
 
 # --------------------------------------------------------------------------
@@ -935,7 +807,7 @@ def download_classes(
         raise ValueError("retries and backoff must be >= 0")
     if max_redirects < 0 or max_pixels < 1 or max_bytes < 1 or min_side < 0:
         raise ValueError("max_redirects/min_side must be >= 0 and max_pixels/max_bytes >= 1")
-    _check_truncation_flag()
+    check_truncation_flag()
 
     settings = _Settings(
         timeout=float(timeout),
