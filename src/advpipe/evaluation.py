@@ -7,6 +7,7 @@ memory does not grow with the number of images.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -93,13 +94,9 @@ class Timer:
     _start: float = field(default=0.0, repr=False)
 
     def __enter__(self):
-        import time
-
         self._start = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
-        import time
-
         self.seconds += time.perf_counter() - self._start
         return False
