@@ -630,7 +630,8 @@ def test_acceptance_quota_filled_from_half_dead_list(server: ImageServer, tmp_pa
     }
 
 
-def test_data_stage_with_url_source(server: ImageServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["fall11", "csv"])
+def test_data_stage_with_url_source(server: ImageServer, tmp_path: Path, fmt: str) -> None:
     """`stages/data.py` with data.source: urls fills both sets from a half-dead local list."""
     import os
     import shutil
@@ -647,9 +648,11 @@ def test_data_stage_with_url_source(server: ImageServer, tmp_path: Path) -> None
     for script in ("data.py", "common.py"):
         shutil.copy(root / "stages" / script, work / "stages" / script)
     with open(work / "urls.txt", "w") as handle:
+        if fmt == "csv":
+            handle.write("url,class_index\n")
         for wnid, class_urls in urls.items():
             for i, url in enumerate(class_urls):
-                handle.write(f"{wnid}_{i}\t{url}\n")
+                handle.write(f"{url},{WNIDS[wnid]}\n" if fmt == "csv" else f"{wnid}_{i}\t{url}\n")
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["data"].update(source="urls")
     params["data"]["urls"].update(list="urls.txt", timeout=2.0, retries=1, backoff=0.01, workers=4,

@@ -41,7 +41,7 @@ def from_urls(settings: Mapping, raw_dir: str | Path, classes: list[int], per_cl
         raise FileNotFoundError(f"data.urls.list: '{list_path}' does not exist (download "
                                 "ImageNet's fall11_urls.txt or write a url,class_index CSV)")
     parsed = read_url_list(list_path, format=settings["format"],
-                           wnid_to_index=table.wnid_to_index(), index_to_wnid=list(table.wnids))
+                           wnid_to_index=table.wnid_to_index())
     by_class = select(parsed.entries, classes)
     say = progress or (lambda msg: None)
 
