@@ -68,7 +68,6 @@ class OneStepAttack:
     """
 
     name = "one_step"
-    reuses_gradient = True  # False where the gradient depends on epsilon (R-FGSM)
 
     def __init__(self, model, *, labels: str = "ground_truth"):
         if labels not in LABEL_MODES:

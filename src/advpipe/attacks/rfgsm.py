@@ -22,7 +22,6 @@ from .base import OneStepAttack, Prepared
 
 class RFGSM(OneStepAttack):
     name = "rfgsm"
-    reuses_gradient = False
 
     def __init__(self, model, *, labels: str = "ground_truth", alpha_fraction: float = 0.5,
                  seed: int = 0):

@@ -19,7 +19,3 @@ class StepLL(OneStepAttack):
         y_ll = tf.argmin(logits, axis=1, output_type=tf.int64)
         _, grad = self.gradient(x, y_ll)
         return Prepared(x, logits, -tf.sign(grad))
-
-    @staticmethod
-    def least_likely(logits) -> tf.Tensor:
-        return tf.argmin(logits, axis=1, output_type=tf.int64)
