@@ -17,6 +17,8 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from .attacks import registry as _attack_registry
+
 
 class ParamsError(ValueError):
     """A parameter is missing or has a value the pipeline cannot use."""
@@ -133,7 +135,7 @@ def split_counts() -> Rule:
     return Rule(check)
 
 
-ATTACKS = ("fgsm", "fgm", "rfgsm", "step_ll")
+ATTACKS = tuple(_attack_registry.ATTACKS)
 MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
           "resnet50", "vgg16", "tiny")
 
@@ -170,6 +172,10 @@ SCHEMA: dict[str, Rule] = {
     "attacks.rfgsm.epsilons": epsilon_list(),
     "attacks.rfgsm.alpha_fraction": number(0, 1, lo_open=True),
     "attacks.step_ll.epsilons": epsilon_list(),
+    "attacks.pgd.epsilons": epsilon_list(),
+    "attacks.pgd.steps": integer(1, 1000),
+    "attacks.pgd.rel_stepsize": number(0, lo_open=True),
+    "attacks.pgd.random_start": boolean(),
     "attacks.deepfool.steps": integer(1),
     "attacks.deepfool.candidates": integer(2, 1000),
     "attacks.deepfool.overshoot": number(0),

@@ -1,25 +1,30 @@
-"""Adversarial attacks: the one-step family (shared base) and DeepFool (Foolbox)."""
+"""Adversarial attacks: the ε-parameterised family (shared base, pure-TF core) and DeepFool.
 
-from .base import LossGradient, OneStepAttack, Prepared
-from .deepfool import DeepFoolResult, deepfool
-from .fgm import FGM
-from .fgsm import FGSM
-from .rfgsm import RFGSM
-from .step_ll import StepLL
-from .sweep import SweepResult, sweep
+Names are resolved lazily, so importing :mod:`advpipe.attacks.registry` (the list of
+attacks, used by the params validation) does not import TensorFlow.
+"""
 
-ONE_STEP = {cls.name: cls for cls in (FGSM, FGM, RFGSM, StepLL)}
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Attack": "base", "LossGradient": "base", "OneStepAttack": "base", "Prepared": "base",
+    "FGSM": "fgsm", "FGM": "fgm", "RFGSM": "rfgsm", "StepLL": "step_ll", "PGD": "pgd",
+    "deepfool": "deepfool", "DeepFoolResult": "deepfool",
+    "sweep": "sweep", "SweepResult": "sweep",
+    "ATTACKS": "registry", "ONE_STEP_NAMES": "registry", "ITERATIVE_NAMES": "registry",
+    "attack_options": "registry", "build_attack": "registry", "make_attack": "registry",
+}
+
+__all__ = sorted(_EXPORTS) + ["ONE_STEP"]
 
 
-def make_attack(name: str, model, *, labels: str = "ground_truth", seed: int = 0,
-                **options) -> OneStepAttack:
-    """Build a one-step attack by name with its own options (e.g. ``norm`` for FGM)."""
-    if name not in ONE_STEP:
-        raise ValueError(f"unknown attack '{name}'; choose one of {sorted(ONE_STEP)}")
-    if name == "rfgsm":
-        options.setdefault("seed", seed)
-    return ONE_STEP[name](model, labels=labels, **options)
+def __getattr__(name: str):
+    if name == "ONE_STEP":
+        from .registry import ONE_STEP_NAMES, attack_class
 
-
-__all__ = ["FGM", "FGSM", "RFGSM", "StepLL", "LossGradient", "OneStepAttack", "Prepared",
-           "ONE_STEP", "make_attack", "sweep", "SweepResult", "deepfool", "DeepFoolResult"]
+        return {n: attack_class(n) for n in ONE_STEP_NAMES}
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
