@@ -1,30 +1,22 @@
 """Adversarial attacks: the ε-parameterised family (shared base, pure-TF core) and DeepFool.
 
-Names are resolved lazily, so importing :mod:`advpipe.attacks.registry` (the list of
-attacks, used by the params validation) does not import TensorFlow.
+:mod:`.registry` lists them (name → class and params options); build attacks there.
 """
 
-from __future__ import annotations
+from .base import Attack, LossGradient, OneStepAttack, Prepared
+from .deepfool import DeepFoolResult, deepfool
+from .fgm import FGM
+from .fgsm import FGSM
+from .pgd import PGD
+from .registry import (ATTACKS, ITERATIVE_NAMES, ONE_STEP_NAMES, attack_class, attack_options,
+                       build_attack, make_attack)
+from .rfgsm import RFGSM
+from .step_ll import StepLL
+from .sweep import SweepResult, sweep
 
-import importlib
+ONE_STEP = {name: attack_class(name) for name in ONE_STEP_NAMES}
 
-_EXPORTS = {
-    "Attack": "base", "LossGradient": "base", "OneStepAttack": "base", "Prepared": "base",
-    "FGSM": "fgsm", "FGM": "fgm", "RFGSM": "rfgsm", "StepLL": "step_ll", "PGD": "pgd",
-    "deepfool": "deepfool", "DeepFoolResult": "deepfool",
-    "sweep": "sweep", "SweepResult": "sweep",
-    "ATTACKS": "registry", "ONE_STEP_NAMES": "registry", "ITERATIVE_NAMES": "registry",
-    "attack_options": "registry", "build_attack": "registry", "make_attack": "registry",
-}
-
-__all__ = sorted(_EXPORTS) + ["ONE_STEP"]
-
-
-def __getattr__(name: str):
-    if name == "ONE_STEP":
-        from .registry import ONE_STEP_NAMES, attack_class
-
-        return {n: attack_class(n) for n in ONE_STEP_NAMES}
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["Attack", "FGM", "FGSM", "PGD", "RFGSM", "StepLL", "LossGradient", "OneStepAttack",
+           "Prepared", "ATTACKS", "ONE_STEP", "ONE_STEP_NAMES", "ITERATIVE_NAMES",
+           "attack_class", "attack_options", "build_attack", "make_attack", "sweep",
+           "SweepResult", "deepfool", "DeepFoolResult"]
