@@ -95,14 +95,14 @@ def epsilon_list() -> Rule:
     return Rule(check)
 
 
-def int_list(lo: int, hi: int, *, required: bool = True) -> Rule:
+def int_list(lo: int, hi: int, *, required: bool = True, unique: bool = True) -> Rule:
     def check(v: Any) -> str | None:
         if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool)
                                                for i in v):
             return "must be a list of integers"
         if not all(lo <= i <= hi for i in v):
             return f"must hold integers in [{lo}, {hi}], got {v}"
-        if len(set(v)) != len(v):
+        if unique and len(set(v)) != len(v):
             return f"must not repeat a value, got {v}"
         return None
 
@@ -136,6 +136,21 @@ def split_counts() -> Rule:
 
 
 ATTACKS = tuple(_attack_registry.ATTACKS)
+
+#: Training keys every defense params group has (see advpipe.defenses.training.TrainConfig).
+TRAIN_RULES: dict[str, Rule] = {
+    "optimizer": choice("adam", "sgd"),
+    "learning_rate": number(0, 1, lo_open=True),
+    "momentum": number(0, 1, required=False),
+    "epochs": integer(1, 100000),
+    "batch_size": integer(1, 4096),
+    "patience": integer(0),
+    "max_steps": Rule(lambda v: None if v is None or (isinstance(v, int) and v >= 1
+                                                      and not isinstance(v, bool))
+                      else "must be null or an integer >= 1", required=False),
+    "lr_decay_at": Rule(lambda v: None if v is None or (_is_number(v) and 0 < v < 1)
+                        else "must be null or a fraction in (0, 1)", required=False),
+}
 MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
           "resnet50", "vgg16", "tiny")
 
@@ -180,6 +195,24 @@ SCHEMA: dict[str, Rule] = {
     "attacks.deepfool.candidates": integer(2, 1000),
     "attacks.deepfool.overshoot": number(0),
     "attacks.deepfool.batch_size": integer(1, 4096),
+    # ---------------------------------------------------------------- defense
+    "defense.model.trunk": choice(*MODELS),
+    "defense.model.weights_path": optional_string(),
+    "defense.model.trainable_blocks": integer(0, 100),
+    "defense.model.hidden_units": int_list(1, 65536, unique=False),
+    "defense.model.dropout": number(0, 1),
+    **{f"defense.{group}.{key}": rule for group in ("clean", "kurakin")
+       for key, rule in TRAIN_RULES.items()},
+    "defense.kurakin.adversarial_fraction": number(0, 1, lo_open=True),
+    "defense.kurakin.lambda": number(0, lo_open=True),
+    "defense.kurakin.eps_stddev": number(0, 1, lo_open=True),
+    "defense.kurakin.eps_max": number(0, 1, lo_open=True),
+    "defense.kurakin.labels": choice("ground_truth", "predicted"),
+    "defense.evaluation.split": choice("train", "val", "test"),
+    "defense.evaluation.epsilons": epsilon_list(),
+    "defense.evaluation.batch_size": integer(1, 4096),
+    "defense.evaluation.chance_margin": number(0, 1),
+    "defense.evaluation.report_epsilon": number(0, 1, lo_open=True),
     # ---------------------------------------------------------------- report
     "report.figure.attack": choice(*ATTACKS),
     "report.figure.images": int_list(0, 10**9),
@@ -189,6 +222,7 @@ SCHEMA: dict[str, Rule] = {
 
 # --------------------------------------------------------------------------- access
 _MISSING = object()
+_ABSENT = object()
 
 
 def get(params: Mapping[str, Any], dotted: str, default: Any = _MISSING) -> Any:
@@ -209,8 +243,8 @@ def validate(params: Mapping[str, Any], schema: Mapping[str, Rule] = SCHEMA) -> 
         raise ParamsError("params.yaml: the top level must be a mapping")
     problems = []
     for key, rule in schema.items():
-        value = get(params, key, _MISSING)
-        if value is _MISSING:
+        value = get(params, key, _ABSENT)
+        if value is _ABSENT:
             if rule.required:
                 problems.append(f"missing key '{key}'")
             continue
