@@ -7,7 +7,8 @@ from PIL import Image
 
 from advpipe.data.class_index import imagenet_classes
 from advpipe.data.folder import load_folder
-from advpipe.data.images import read_image_set, to_rgb, to_square, write_image_set
+from advpipe.data.images import (load_square, read_image_set, to_rgb, to_square,
+                                 write_image_set)
 from advpipe.data.samples import load_samples
 from advpipe.data.splits import stratified_split
 
@@ -37,6 +38,45 @@ def test_to_square_short_side_then_centre_crop():
     assert out[50, 2, 0] > 200 and out[50, 97, 2] > 200
     with pytest.raises(ValueError, match="resample"):
         to_square(Image.fromarray(arr), 100, "cubic")
+
+
+def test_crop_ratio_cuts_the_border_standard_imagenet_eval(tmp_path):
+    # 320x320: a 20-pixel red frame around a green centre. crop_ratio 0.875 at size 224:
+    # short side -> 256 (scale 0.8, the frame becomes 16 px), centre 224 -> the frame is cut.
+    arr = np.zeros((320, 320, 3), np.uint8)
+    arr[:, :] = (255, 0, 0)
+    arr[20:300, 20:300] = (0, 255, 0)
+    img = Image.fromarray(arr)
+    cropped = np.asarray(to_square(img, 224, "nearest", crop_ratio=0.875))
+    assert cropped.shape == (224, 224, 3)
+    assert (cropped == (0, 255, 0)).all()        # no red pixel left anywhere
+    full = np.asarray(to_square(img, 224, "nearest", crop_ratio=1.0))
+    assert (full[:10, :, 0] == 255).all() and (full[112, 112] == (0, 255, 0)).all()
+    # a frame wider than the cut survives: 40 px -> 32 px at 256, 16 px cut on each side
+    arr[20:300, 20:300] = (255, 0, 0)
+    arr[40:280, 40:280] = (0, 0, 255)
+    out = np.asarray(to_square(Image.fromarray(arr), 224, "nearest", crop_ratio=0.875))
+    assert (out[:16, :, 0] == 255).all() and (out[16:208, 16:208, 2] == 255).all()
+    assert (out[16:208, 16:208, 0] == 0).all()
+    # a 224x224 image (the bundled samples) is zoomed too, and load_square agrees
+    Image.fromarray(arr).resize((224, 224), Image.Resampling.NEAREST).save(tmp_path / "a.png")
+    loaded = load_square(tmp_path / "a.png", 224, "nearest", crop_ratio=0.875)
+    assert loaded.shape == (224, 224, 3) and (loaded[0, 0] == (255, 0, 0)).all()
+    assert (loaded[:16, :, 0] == 255).all() and (loaded[16:208, 16:208, 2] == 255).all()
+    with pytest.raises(ValueError, match="crop_ratio"):
+        to_square(img, 224, crop_ratio=0.0)
+
+
+def test_crop_ratio_non_square_keeps_aspect_and_centre():
+    # 400x200 landscape, crop_ratio 0.5 at size 50: short side -> 100, width -> 200,
+    # centre 50x50 = original x in [150, 250), y in [50, 150)
+    arr = np.zeros((200, 400, 3), np.uint8)
+    arr[50:150, 150:250] = (0, 0, 255)
+    out = np.asarray(to_square(Image.fromarray(arr), 50, "nearest", crop_ratio=0.5))
+    assert out.shape == (50, 50, 3) and (out == (0, 0, 255)).all()
+    portrait = np.ascontiguousarray(arr.transpose(1, 0, 2))
+    out = np.asarray(to_square(Image.fromarray(portrait), 50, "nearest", crop_ratio=0.5))
+    assert out.shape == (50, 50, 3) and (out == (0, 0, 255)).all()
 
 
 @pytest.mark.parametrize("mode", ["L", "CMYK", "P", "RGBA", "LA", "I;16"])
