@@ -116,3 +116,17 @@ def test_old_data_layout_is_reported(params):
     del old["data"]["attack_set"]["source"]
     with pytest.raises(ParamsError, match="missing key 'data.attack_set.source'"):
         validate(old)
+
+
+def test_dvc_set_param_override_of_indices(tmp_path):
+    """`dvc exp run -S data.attack_set.indices=[1,2]` rewrites params.yaml to a valid file."""
+    hydra = pytest.importorskip("dvc.utils.hydra")
+    target = tmp_path / "params.yaml"
+    target.write_text(open("params.yaml").read())
+    hydra.apply_overrides(str(target), ["data.attack_set.indices=[1,2]",
+                                        "data.defense_set.indices=[0,482,574]",
+                                        "data.defense_set.source=imagenette"])
+    p = load_params(target)
+    assert set_classes(p, "attack_set") == [1, 2]
+    assert set_classes(p, "defense_set") == [0, 482, 574]
+    assert p["data"]["defense_set"]["source"] == "imagenette"
