@@ -240,6 +240,21 @@ def _layout_root(folder: Path) -> Path:
                           "Imagenette WordNet-id folders")
 
 
+def _extract_all(tar: tarfile.TarFile, dest: Path) -> None:
+    """Extract regular files and folders only, never outside ``dest``."""
+    if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4
+        tar.extractall(dest, filter="data")
+        return
+    members = []
+    for member in tar.getmembers():
+        parts = Path(member.name).parts
+        if member.name.startswith("/") or ".." in parts:
+            raise tarfile.TarError(f"unsafe member path {member.name!r}")
+        if member.isfile() or member.isdir():
+            members.append(member)
+    tar.extractall(dest, members=members)
+
+
 def extract(archive: Path, target: Path, record: Mapping) -> Path:
     """Extract ``archive`` to ``target`` atomically (temp folder next to it, then rename)."""
     tmp = target.with_name(f".{target.name}.extracting")
@@ -249,7 +264,7 @@ def extract(archive: Path, target: Path, record: Mapping) -> Path:
     try:
         try:
             with tarfile.open(archive, "r:*") as tar:
-                tar.extractall(tmp, filter="data")
+                _extract_all(tar, tmp)
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             raise ImagenetteError(f"data.imagenette: '{archive}' is not a complete .tgz "
                                   f"archive ({_one_line(exc)})") from None
