@@ -379,3 +379,27 @@ def test_stage_reads_the_shared_imagenette_folder(tmp_path):
     assert defense["source"][0] == str(first)
     img = np.asarray(Image.open(work / "data/defense" / defense["file"][0]))
     assert img.shape == (224, 224, 3) and img.std() > 10
+
+
+def test_stage_one_line_error_for_an_unreadable_folder_class(tmp_path):
+    folder = tmp_path / "imagenet"
+    for label in (1, 2):
+        (folder / WNIDS[label]).mkdir(parents=True)
+        (folder / WNIDS[label] / "0.JPEG").write_bytes(_jpeg(label) if label == 1 else b"junk")
+    work = _stage_repo(tmp_path, {"attack_set.source": "folder", "attack_set.first": None,
+                                  "attack_set.indices": [1, 2], "attack_set.per_class": 1,
+                                  "folder.path": str(folder)})
+    proc = _run_stage(work)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: data.folder.path: class 2 ({WNIDS[2]}, great white shark) "
+                           "has no usable image (1 files; decode_error: 1)")
+    # with skip_unreadable_classes the stage goes on without class 2
+    work = _stage_repo(tmp_path / "b", {"attack_set.source": "folder", "attack_set.first": None,
+                                        "attack_set.indices": [1, 2], "attack_set.per_class": 1,
+                                        "folder.path": str(folder),
+                                        "folder.skip_unreadable_classes": True})
+    proc = _run_stage(work)
+    assert proc.returncode == 0, proc.stderr
+    assert "class 2" in proc.stderr and "skipped" in proc.stderr
+    assert (work / "data/attack/manifest.csv").read_text().count("\n") == 2  # header + 1 row
