@@ -632,7 +632,7 @@ def test_acceptance_quota_filled_from_half_dead_list(server: ImageServer, tmp_pa
 
 @pytest.mark.parametrize("fmt", ["fall11", "csv"])
 def test_data_stage_with_url_source(server: ImageServer, tmp_path: Path, fmt: str) -> None:
-    """`stages/data.py` with data.source: urls fills both sets from a half-dead local list."""
+    """`stages/data.py` with both sets from source urls, filled from a half-dead local list."""
     import os
     import shutil
     import subprocess
@@ -654,11 +654,11 @@ def test_data_stage_with_url_source(server: ImageServer, tmp_path: Path, fmt: st
             for i, url in enumerate(class_urls):
                 handle.write(f"{url},{WNIDS[wnid]}\n" if fmt == "csv" else f"{wnid}_{i}\t{url}\n")
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"].update(source="urls")
     params["data"]["urls"].update(list="urls.txt", timeout=2.0, retries=1, backoff=0.01, workers=4,
                                   min_bytes=512, min_side=32)
-    params["data"]["attack_set"] = {"classes": {"first": 2}, "per_class": 3}
-    params["data"]["defense_set"].update(classes=[0, 1, 2], per_class=5)
+    params["data"]["attack_set"] = {"source": "urls", "first": 2, "indices": None, "per_class": 3}
+    params["data"]["defense_set"].update(source="urls", first=None, indices=[0, 1, 2],
+                                         per_class=5)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     proc = subprocess.run([sys.executable, "stages/data.py"], cwd=work, env=env,

@@ -95,8 +95,11 @@ def epsilon_list() -> Rule:
     return Rule(check)
 
 
-def int_list(lo: int, hi: int, *, required: bool = True, unique: bool = True) -> Rule:
+def int_list(lo: int, hi: int, *, required: bool = True, unique: bool = True,
+             non_empty: bool = False) -> Rule:
     def check(v: Any) -> str | None:
+        if non_empty and v == []:
+            return "must be a non-empty list of integers"
         if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool)
                                                for i in v):
             return "must be a list of integers"
@@ -109,17 +112,37 @@ def int_list(lo: int, hi: int, *, required: bool = True, unique: bool = True) ->
     return Rule(check, required)
 
 
-def class_selection() -> Rule:
-    """``{first: N}`` (the first N ImageNet classes) or an explicit list of indices."""
+def nullable(rule: Rule) -> Rule:
+    """``rule`` or null (the key itself must still be present when ``rule`` is required)."""
 
     def check(v: Any) -> str | None:
-        if isinstance(v, dict):
-            if set(v) != {"first"}:
-                return "must be {first: N} or a list of class indices"
-            return integer(1, 1000).check(v["first"])
-        if isinstance(v, list) and v:
-            return int_list(0, 999).check(v)
-        return "must be {first: N} or a non-empty list of class indices in [0, 999]"
+        if v is None:
+            return None
+        err = rule.check(v)
+        return f"{err} (or null)" if err else None
+
+    return Rule(check, rule.required)
+
+
+def sha256_hex() -> Rule:
+    def check(v: Any) -> str | None:
+        if v is None:
+            return None
+        if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdefABCDEF"
+                                                         for c in v):
+            return "must be a sha256 digest (64 hexadecimal characters) or null"
+        return None
+
+    return Rule(check)
+
+
+def http_url() -> Rule:
+    def check(v: Any) -> str | None:
+        if v is None:
+            return None
+        if not isinstance(v, str) or not v.lower().startswith(("http://", "https://")):
+            return "must be an http(s) URL or null"
+        return None
 
     return Rule(check)
 
@@ -151,18 +174,25 @@ TRAIN_RULES: dict[str, Rule] = {
     "lr_decay_at": Rule(lambda v: None if v is None or (_is_number(v) and 0 < v < 1)
                         else "must be null or a fraction in (0, 1)", required=False),
 }
+SOURCES = ("samples", "urls", "folder", "imagenette")
+IMAGENETTE_ARCHIVES = ("imagenette2-160", "imagenette2-320", "imagenette2")
+SETS = ("attack_set", "defense_set")
 MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
           "resnet50", "vgg16", "tiny")
 
 SCHEMA: dict[str, Rule] = {
     "seed": integer(0),
     # ---------------------------------------------------------------- data
-    "data.source": choice("samples", "urls", "folder"),
     "data.image_size": integer(8, 1024),
+    "data.crop_ratio": number(0, 1, lo_open=True),
     "data.resample": choice("bicubic", "bilinear", "lanczos", "nearest"),
-    "data.attack_set.classes": class_selection(),
+    "data.attack_set.source": choice(*SOURCES),
+    "data.attack_set.first": nullable(integer(1, 1000)),
+    "data.attack_set.indices": nullable(int_list(0, 999, non_empty=True)),
     "data.attack_set.per_class": integer(1),
-    "data.defense_set.classes": class_selection(),
+    "data.defense_set.source": choice(*SOURCES),
+    "data.defense_set.first": nullable(integer(1, 1000)),
+    "data.defense_set.indices": nullable(int_list(0, 999, non_empty=True)),
     "data.defense_set.per_class": integer(1),
     "data.defense_set.split": split_counts(),
     "data.urls.list": string(),
@@ -175,6 +205,12 @@ SCHEMA: dict[str, Rule] = {
     "data.urls.min_side": integer(1),
     "data.urls.max_pixels": integer(1),
     "data.folder.path": string(),
+    "data.folder.skip_unreadable_classes": boolean(),
+    "data.imagenette.archive": choice(*IMAGENETTE_ARCHIVES),
+    "data.imagenette.url": http_url(),
+    "data.imagenette.sha256": sha256_hex(),
+    "data.imagenette.path": optional_string(),
+    "data.imagenette.cache_dir": string(),
     # ---------------------------------------------------------------- model
     "model.name": choice(*MODELS),
     "model.weights_path": optional_string(),
@@ -220,6 +256,22 @@ SCHEMA: dict[str, Rule] = {
 }
 
 
+def _class_choice(params: Mapping[str, Any]) -> list[str]:
+    """Each set needs ``first`` or ``indices``; ``indices`` wins when both are given."""
+    problems = []
+    for name in SETS:
+        first = get(params, f"data.{name}.first", None)
+        indices = get(params, f"data.{name}.indices", None)
+        if first is None and indices is None:
+            problems.append(f"'data.{name}.first' and 'data.{name}.indices' are both null: "
+                            "set one (the first N classes, or a list of class indices)")
+    return problems
+
+
+#: Checks that involve several keys; each returns a list of problems.
+CROSS_CHECKS: tuple[Callable[[Mapping[str, Any]], list[str]], ...] = (_class_choice,)
+
+
 # --------------------------------------------------------------------------- access
 _MISSING = object()
 _ABSENT = object()
@@ -251,6 +303,9 @@ def validate(params: Mapping[str, Any], schema: Mapping[str, Rule] = SCHEMA) -> 
         err = rule.check(value)
         if err:
             problems.append(f"'{key}' {err} (got {value!r})")
+    if schema is SCHEMA and not problems:
+        for cross in CROSS_CHECKS:
+            problems.extend(cross(params))
     if problems:
         raise ParamsError("params.yaml is invalid:\n  - " + "\n  - ".join(problems))
 
@@ -268,8 +323,15 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return params
 
 
-def resolve_classes(selection: Any) -> list[int]:
-    """Turn a validated class selection into a list of ImageNet class indices."""
-    if isinstance(selection, dict):
-        return list(range(int(selection["first"])))
-    return [int(i) for i in selection]
+def resolve_classes(first: int | None, indices: list[int] | None) -> list[int]:
+    """The ImageNet class indices of a set: ``indices`` if given, else ``range(first)``."""
+    if indices is not None:
+        return [int(i) for i in indices]
+    if first is None:
+        raise ParamsError("a class selection needs 'first' or 'indices'")
+    return list(range(int(first)))
+
+
+def set_classes(params: Mapping[str, Any], name: str) -> list[int]:
+    """The classes of ``data.<name>`` (``name``: ``attack_set`` or ``defense_set``)."""
+    return resolve_classes(get(params, f"data.{name}.first"), get(params, f"data.{name}.indices"))

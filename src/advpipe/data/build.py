@@ -1,4 +1,10 @@
-"""Assemble an image set (uint8 images + manifest) from one of the three sources."""
+"""Assemble an image set (uint8 images + manifest + report) from one of the four sources.
+
+:func:`build_set` takes the ``data`` group of params (plain values) and dispatches on
+the set's ``source``: ``samples``, ``urls``, ``folder`` or ``imagenette``. Every source
+resizes the same way (:func:`advpipe.data.images.to_square` with ``image_size``,
+``resample`` and ``crop_ratio``).
+"""
 
 from __future__ import annotations
 
@@ -8,23 +14,54 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from .folder import load_folder
+from .folder import ImageChecks, load_folder
 from .images import load_square
 from .samples import load_samples
 
-
-def from_samples(size: int = 224, resample: str = "bicubic") -> tuple[np.ndarray, pd.DataFrame]:
-    return load_samples(size, resample)
+Progress = Callable[[str], None]
 
 
-def from_folder(root, classes, per_class, size, resample):
-    images, manifest, report = load_folder(root, classes, per_class, size, resample)
-    return images, manifest, {"classes": report}
+def image_checks(data: Mapping) -> ImageChecks:
+    """The local-image checks: ``data.urls.min_side`` and ``data.urls.max_pixels``."""
+    return ImageChecks(min_side=int(data["urls"]["min_side"]),
+                       max_pixels=int(data["urls"]["max_pixels"]))
+
+
+def build_set(source: str, data: Mapping, raw_dir: str | Path, classes: list[int],
+              per_class: int, progress: Progress | None = None
+              ) -> tuple[np.ndarray, pd.DataFrame, dict]:
+    """One image set from ``source`` (see the module doc); ``raw_dir``: downloads of ``urls``."""
+    size, resample = int(data["image_size"]), data["resample"]
+    crop_ratio = float(data["crop_ratio"])
+    if source == "samples":
+        images, manifest = load_samples(size, resample, crop_ratio)
+        return images, manifest, {}
+    if source == "folder":
+        images, manifest, report = load_folder(
+            data["folder"]["path"], classes, per_class, size, resample, crop_ratio,
+            checks=image_checks(data),
+            skip_unreadable_classes=bool(data["folder"]["skip_unreadable_classes"]))
+        return images, manifest, {"classes": report}
+    if source == "imagenette":
+        from .imagenette import load_imagenette
+
+        return load_imagenette(data["imagenette"], classes, per_class, size=size,
+                               resample=resample, crop_ratio=crop_ratio,
+                               checks=image_checks(data), progress=progress)
+    if source == "urls":
+        return from_urls(data["urls"], raw_dir, classes, per_class, size, resample,
+                         crop_ratio=crop_ratio, progress=progress)
+    raise ValueError(f"unknown data source {source!r}")
+
+
+def from_samples(size: int = 224, resample: str = "bicubic",
+                 crop_ratio: float = 1.0) -> tuple[np.ndarray, pd.DataFrame]:
+    return load_samples(size, resample, crop_ratio)
 
 
 def from_urls(settings: Mapping, raw_dir: str | Path, classes: list[int], per_class: int,
-              size: int, resample: str,
-              progress: Callable[[str], None] | None = None) -> tuple[np.ndarray, pd.DataFrame, dict]:
+              size: int, resample: str, crop_ratio: float = 1.0,
+              progress: Progress | None = None) -> tuple[np.ndarray, pd.DataFrame, dict]:
     """Download ``per_class`` images of each class from an ImageNet URL list, then resize.
 
     ``settings`` is the ``data.urls`` group of params (list, format, workers, timeout,
@@ -57,13 +94,13 @@ def from_urls(settings: Mapping, raw_dir: str | Path, classes: list[int], per_cl
         backoff=float(settings["backoff"]), min_bytes=settings["min_bytes"],
         min_side=settings["min_side"], max_pixels=settings["max_pixels"], progress=on_event)
     accepted = report.accepted_images()
-    images = [load_square(Path(raw_dir) / a.file, size, resample) for a in accepted]
+    images = [load_square(Path(raw_dir) / a.file, size, resample, crop_ratio) for a in accepted]
     manifest = pd.DataFrame({
         "label": [a.class_index for a in accepted],
         "wnid": [table.wnids[a.class_index] for a in accepted],
         "name": [table.short_name(a.class_index) for a in accepted],
         "source": [a.url for a in accepted],
-    })
+    }, columns=["label", "wnid", "name", "source"])
     for cls, rep in report.classes.items():
         if not rep.full:
             say(f"[download] warning: class {cls} has only {rep.accepted}/{per_class} images: "
