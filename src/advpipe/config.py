@@ -157,6 +157,16 @@ SCHEMA: dict[str, Rule] = {
     "data.urls.min_bytes": integer(0),
     "data.urls.min_side": integer(1),
     "data.urls.max_pixels": integer(1),
+    # optional (defaults in advpipe.data.build.URL_DEFAULTS)
+    "data.urls.deadline": number(0, lo_open=True, required=False),
+    "data.urls.max_retry_after": number(0, required=False),
+    "data.urls.decode_pixels": integer(1, required=False),
+    "data.urls.background_fraction": number(0, 1, lo_open=True, required=False),
+    "data.urls.background_tolerance": integer(0, 255, required=False),
+    "data.urls.text_edge_ratio": number(0, 1, required=False),
+    "data.urls.noise_min_correlation": number(-1, 1, required=False),
+    "data.urls.noise_max_blockiness": number(0, lo_open=True, required=False),
+    "data.urls.cross_class": choice("first", "reject", required=False),
     "data.folder.path": string(),
     # ---------------------------------------------------------------- model
     "model.name": choice(*MODELS),
