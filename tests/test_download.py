@@ -107,6 +107,9 @@ class Route:
     content_type: str | None = "image/jpeg"
     delay: float = 0.0
     location: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    trickle: float = 0.0  # seconds between single bytes of the body
+    trickle_headers: bool = False  # trickle the status line and headers too
 
 
 @dataclass
@@ -150,9 +153,24 @@ def _make_handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
                     self.send_header("Content-Type", route.content_type)
                 if route.location is not None:
                     self.send_header("Location", route.location)
+                for name, value in route.headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(route.body)))
-                self.end_headers()
-                self.wfile.write(route.body)
+                if route.trickle_headers:  # hold back what send_header buffered
+                    head, self._headers_buffer = b"".join(self._headers_buffer) + b"\r\n", []
+                    for i in range(len(head)):
+                        self.wfile.write(head[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(route.trickle)
+                else:
+                    self.end_headers()
+                if route.trickle:
+                    for i in range(len(route.body)):
+                        self.wfile.write(route.body[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(route.trickle)
+                else:
+                    self.wfile.write(route.body)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout test)
 
