@@ -5,11 +5,13 @@
 
 * **concurrent** -- one :class:`~concurrent.futures.ThreadPoolExecutor` shared
   by all classes, standard library HTTP (``urllib.request``) only;
-* **strict about content** -- HTTP 200, ``image/*`` Content-Type, a minimum
-  body size, a full Pillow decode (truncated files are rejected), a
-  decompression-bomb limit checked on the header before decoding, a minimum
-  side, and rejection of Flickr's "photo unavailable" placeholders (redirect
-  URL patterns, known body hashes, near-uniform images);
+* **bounded in time** -- every attempt has a hard wall-clock ``deadline``
+  (:mod:`advpipe.data.http_fetch`), and a URL never takes longer than
+  ``deadline * (retries + 1)``, ``Retry-After`` waits included;
+* **strict about content** -- HTTP 200, ``image/*`` Content-Type, then
+  :func:`~advpipe.data.validate.validate_image_bytes` (size, pixel limits, a
+  memory-bounded decode, decode-level integrity, noise, placeholders) and
+  Flickr's placeholder redirect URLs;
 * **deterministic** -- for one class, the number of accepted plus in-flight
   URLs never exceeds the quota, and URLs are started in file order, so every
   started URL that turns out good can be accepted.  Hence the accepted set is
@@ -37,16 +39,18 @@ Outcome statuses and reasons (the ``reason`` column of the manifest):
     ``ssl_error``, ``placeholder_redirect``, ``content_type:<mime>`` (or
     ``content_type:missing``), ``too_large_bytes``, ``too_small_bytes``,
     ``placeholder_hash``, ``decode_error:<message>``, ``truncated``,
-    ``too_many_pixels``, ``too_small_side``, ``unsupported_mode:<mode>``,
-    ``placeholder_uniform``.
+    ``too_many_pixels``, ``decode_budget``, ``too_small_side``,
+    ``corrupt:<what>``, ``noise``, ``unsupported_mode:<mode>``,
+    ``placeholder_uniform``, ``placeholder_text``, and (never fetched)
+    ``cross_class_duplicate:<class>`` / ``cross_class_ambiguous``.
 ``error`` (transient, after ``retries`` retries; retried by a rerun when
 ``retry_errors``)
-    ``timeout``, ``connection_error`` (incl. DNS EAI_AGAIN; an unknown host
+    ``timeout``, ``deadline``, ``connection_error`` (incl. DNS EAI_AGAIN; an unknown host
     is the permanent ``dns_error``), ``http_429``, ``http_5xx`` codes.
 
 Process-global state is left alone: ``Image.MAX_IMAGE_PIXELS`` is never
-changed (the pixel limit is checked per call), the DecompressionBombWarning
-filter is installed only around ``Image.open`` under a lock and restored, and
+changed (the pixel limit is checked per call), warning filters are installed
+only around opening/decoding under a lock and restored, and
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is required to be False (RuntimeError
 otherwise) rather than being set.  ``placeholder_hashes`` is empty by
 default: the real Flickr placeholder files can't be fetched offline.
