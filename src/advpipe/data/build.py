@@ -59,18 +59,44 @@ def from_samples(size: int = 224, resample: str = "bicubic",
     return load_samples(size, resample, crop_ratio)
 
 
+#: Values used for optional ``data.urls`` keys absent from params.yaml.
+URL_DEFAULTS = {
+    "deadline": 60.0,
+    "max_retry_after": 30.0,
+    "decode_pixels": 16_000_000,
+    "background_fraction": 0.6,
+    "background_tolerance": 12,
+    "text_edge_ratio": 0.35,
+    "noise_min_correlation": 0.3,
+    "noise_max_blockiness": 1.8,
+    "cross_class": "first",
+}
+
+
 def from_urls(settings: Mapping, raw_dir: str | Path, classes: list[int], per_class: int,
               size: int, resample: str, crop_ratio: float = 1.0,
               progress: Progress | None = None) -> tuple[np.ndarray, pd.DataFrame, dict]:
     """Download ``per_class`` images of each class from an ImageNet URL list, then resize.
 
     ``settings`` is the ``data.urls`` group of params (list, format, workers, timeout,
-    retries, backoff, min_bytes, min_side, max_pixels). Raw downloads and their
-    manifest stay in ``raw_dir`` so a rerun resumes.
+    retries, backoff, min_bytes, min_side, max_pixels and the optional keys of
+    :data:`URL_DEFAULTS`). Raw downloads and their manifest stay in ``raw_dir`` so a
+    rerun resumes.
     """
     from .class_index import imagenet_classes
     from .download import download_classes
     from .url_lists import read_url_list, select
+    from .validate import ValidationSettings
+
+    settings = {**URL_DEFAULTS, **settings}
+    validation = ValidationSettings(
+        min_bytes=settings["min_bytes"], min_side=settings["min_side"],
+        max_pixels=settings["max_pixels"], decode_pixels=settings["decode_pixels"],
+        background_fraction=float(settings["background_fraction"]),
+        background_tolerance=settings["background_tolerance"],
+        text_edge_ratio=float(settings["text_edge_ratio"]),
+        noise_min_correlation=float(settings["noise_min_correlation"]),
+        noise_max_blockiness=float(settings["noise_max_blockiness"]))
 
     table = imagenet_classes()
     list_path = Path(settings["list"])
@@ -91,8 +117,9 @@ def from_urls(settings: Mapping, raw_dir: str | Path, classes: list[int], per_cl
     report = download_classes(
         by_class, per_class, Path(raw_dir), workers=settings["workers"],
         timeout=float(settings["timeout"]), retries=settings["retries"],
-        backoff=float(settings["backoff"]), min_bytes=settings["min_bytes"],
-        min_side=settings["min_side"], max_pixels=settings["max_pixels"], progress=on_event)
+        backoff=float(settings["backoff"]), deadline=float(settings["deadline"]),
+        max_retry_after=float(settings["max_retry_after"]), validation=validation,
+        cross_class=settings["cross_class"], progress=on_event)
     accepted = report.accepted_images()
     images = [load_square(Path(raw_dir) / a.file, size, resample, crop_ratio) for a in accepted]
     manifest = pd.DataFrame({
