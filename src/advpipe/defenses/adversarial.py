@@ -46,18 +46,27 @@ class AdversarialTraining:
         self.eps_max = float(eps_max)
         self.seed = int(seed)
 
-    def loss(self, model, x, y, step):
+    def batch_parts(self, x, step):
+        """``(k, per-example ε [k], noise seeds [k, 2])`` for one replica's batch at ``step``."""
         m = tf.shape(x)[0]
         k = tf.cast(tf.round(self.fraction * tf.cast(m, tf.float32)), tf.int32)
-        replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group
-                          if tf.distribute.get_replica_context() else 0, tf.int64)
-        # one seed per (step, replica): fresh ε and noise at every step
-        base = step * 1024 + replica
+        context = tf.distribute.get_replica_context()
+        replica = tf.cast(context.replica_id_in_sync_group if context else 0, tf.int64)
+        base = tf.cast(step, tf.int64) * 1024 + replica  # fresh ε and noise at every step
         eps = sample_epsilons(k, tf.stack([tf.constant(self.seed, tf.int64), base]),
                               self.eps_stddev, self.eps_max)
         index = base * 100_000 + tf.range(tf.cast(k, tf.int64))
         seeds = tf.stack([tf.fill([k], tf.constant(self.seed + 1, tf.int64)), index], axis=1)
-        x_adv = tf.stop_gradient(self.attack.generate(x[:k], y[:k], eps, seeds))
+        return k, eps, seeds
+
+    def adversarial_examples(self, x, y, step):
+        """The first k examples of the batch, attacked with the model's current weights."""
+        k, eps, seeds = self.batch_parts(x, step)
+        return k, tf.stop_gradient(self.attack.generate(x[:k], y[:k], eps, seeds))
+
+    def loss(self, model, x, y, step):
+        m = tf.shape(x)[0]
+        k, x_adv = self.adversarial_examples(x, y, step)
         logits = model(tf.concat([x_adv, x[k:]], axis=0), training=True)
         adv_logits, clean_logits = logits[:k], logits[k:]
         adv_ce = cross_entropy(y[:k], adv_logits)

@@ -74,14 +74,19 @@ def train_defense(name: str, params: Mapping, train: tuple, val: tuple, classes:
             f_val = _features(trunk, x_val, cfg.batch_size)
             target, inputs, to_input = head_of(model), f_train, (lambda a: a)
             head_forward = compiled_forward(target)
-            evaluate = lambda: accuracy(  # noqa: E731
-                predict_logits(target, f_val, 256, forward=head_forward), y_val)["top1"]
+            evaluate = lambda: {"val_acc": accuracy(  # noqa: E731
+                predict_logits(target, f_val, 256, forward=head_forward), y_val)["top1"]}
         else:
             target, inputs, to_input = model, x_train, None
             forward = compiled_forward(model)
-            evaluate = lambda: accuracy(  # noqa: E731
-                predict_logits(model, x_val, cfg.batch_size, forward=forward), y_val)["top1"]
+            evaluate = lambda: {"val_acc": accuracy(  # noqa: E731
+                predict_logits(model, x_val, cfg.batch_size, forward=forward), y_val)["top1"]}
         method = make_method(name, model, params)
+        if entry.method == "kurakin":
+            clean_val = evaluate
+            evaluate = lambda: {**clean_val(), "val_adv_acc": attacked_accuracy(  # noqa: E731
+                model, params, entry.attack, x_val, y_val, group, "ground_truth")}
+            cfg.monitor = "val_adv_acc"
         kwargs = {"to_input": to_input} if to_input else {}
         trainer = Trainer(target, method, cfg, strategy=strategy, evaluate=evaluate,
                           save=lambda epoch: save_model(model, path, {**info, "best_epoch": epoch}),
@@ -109,24 +114,38 @@ def label_leaking(model, params, attack_name: str, images, labels, group, batch_
     as in training) made with the true labels and with the model's predictions. With
     leaking, accuracy on true-label examples exceeds clean accuracy.
     """
-    from ..attacks.base import example_seeds
-    from .adversarial import sample_epsilons
-
     forward = compiled_forward(model)
     out = {}
-    eps_all = sample_epsilons(len(images), tf.constant([params["seed"], 7], tf.int64),
-                              group["eps_stddev"], group["eps_max"]).numpy()
     clean = predict_logits(model, images, batch_size, forward=forward)
     out["clean_top1"] = accuracy(clean, labels)["top1"]
     for mode in ("ground_truth", "predicted"):
-        generate = tf.function(build_attack(attack_name, model, params, labels=mode).generate)
-        preds = []
-        for start in range(0, len(images), batch_size):
-            x = tf.constant(images[start:start + batch_size].astype(np.float32) / 255.0)
-            y = tf.constant(labels[start:start + batch_size])
-            eps = tf.constant(eps_all[start:start + batch_size])
-            seeds = example_seeds(params["seed"], np.arange(start, start + len(x)))
-            preds.append(forward(generate(x, y, eps, seeds)).numpy())
-        out[f"adv_top1_{mode}_labels"] = accuracy(np.concatenate(preds), labels)["top1"]
+        out[f"adv_top1_{mode}_labels"] = attacked_accuracy(model, params, attack_name, images,
+                                                            labels, group, mode, batch_size)
     out["leaking"] = bool(out["adv_top1_ground_truth_labels"] > out["clean_top1"])
     return out
+
+
+_COMPILED: dict = {}
+
+
+def attacked_accuracy(model, params, attack_name, images, labels, group, mode,
+                      batch_size=32) -> float:
+    """Top-1 under the training attack, per-example ε drawn as in training (fixed seed)."""
+    from ..attacks.base import example_seeds
+    from .adversarial import sample_epsilons
+
+    key = (id(model), attack_name, mode)
+    if key not in _COMPILED:  # one compiled attack + forward per model, reused every epoch
+        attack = build_attack(attack_name, model, params, labels=mode)
+        _COMPILED[key] = (tf.function(attack.generate), compiled_forward(model))
+    generate, forward = _COMPILED[key]
+    eps_all = sample_epsilons(len(images), tf.constant([params["seed"], 7], tf.int64),
+                              group["eps_stddev"], group["eps_max"]).numpy()
+    preds = []
+    for start in range(0, len(images), batch_size):
+        x = tf.constant(images[start:start + batch_size].astype(np.float32) / 255.0)
+        y = tf.constant(labels[start:start + batch_size])
+        eps = tf.constant(eps_all[start:start + batch_size])
+        seeds = example_seeds(params["seed"], np.arange(start, start + len(x)))
+        preds.append(forward(generate(x, y, eps, seeds)).numpy())
+    return accuracy(np.concatenate(preds), labels)["top1"]

@@ -12,9 +12,11 @@ loop does the rest, as a Keras user expects:
 * one progress line per epoch (loss, clean accuracy, adversarial accuracy, val
   accuracy, seconds) and, for slow methods, the measured seconds per step and the
   projected epoch time after the first steps;
-* the best epoch by val accuracy kept: written atomically at every improvement, so
-  an interrupted run leaves the last best model, never a corrupt file; early
-  stopping after ``patience`` epochs without improvement; a cap on the steps;
+* the best epoch by the monitored validation figure kept (clean val accuracy, or for
+  adversarial training val accuracy under the training attack; a tie goes to the later
+  epoch): written atomically at every improvement, so an interrupted run leaves the
+  last best model, never a corrupt file; early stopping after ``patience`` epochs
+  without strict improvement; a cap on the steps;
 * the learning curves as rows (one per epoch) for a DVC plot.
 """
 
@@ -45,6 +47,7 @@ class TrainConfig:
     patience: int = 0                 # 0: no early stopping
     max_steps: int | None = None      # cap on training steps (expensive methods)
     lr_decay_at: float | None = None  # halve the learning rate after this fraction of epochs
+    monitor: str = "val_acc"          # what picks the best epoch: a key evaluate() returns
     seed: int = 0
 
     @classmethod
@@ -101,12 +104,13 @@ class Trainer:
 
     ``model`` (and anything with variables) must have been built under
     ``strategy.scope()``. ``to_input`` maps a stored batch (uint8 images, or cached
-    features) to what ``model`` takes. ``evaluate(model) -> val accuracy`` is called
-    after every epoch; ``save(epoch)`` writes the best model so far.
+    features) to what ``model`` takes. ``evaluate() -> {"val_acc": ..., ...}`` is called
+    after every epoch (``cfg.monitor`` names the figure that picks the best epoch);
+    ``save(epoch)`` writes the best model so far.
     """
 
     def __init__(self, model, method, cfg: TrainConfig, *, strategy=None,
-                 evaluate: Callable[[], float], save: Callable[[int], None],
+                 evaluate: Callable[[], dict], save: Callable[[int], None],
                  to_input: Callable = to_unit_float,
                  log: Callable[[str], None] | None = None):
         self.model = model
@@ -119,6 +123,8 @@ class Trainer:
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         with self.strategy.scope():
             self.optimizer = make_optimizer(cfg)
+            # slots created here, in cross-replica context, not inside the first compiled step
+            self.optimizer.build(model.trainable_variables)
         self._step_fn = self._build_step()
 
     def _build_step(self):
@@ -144,16 +150,27 @@ class Trainer:
 
     def train_step(self, x, y, step: int) -> dict:
         """One optimisation step on one global batch (NumPy in, summed statistics out)."""
-        dataset = tf.data.Dataset.from_tensor_slices(
-            (self.to_input(x), np.asarray(y, np.int64))).batch(len(x))
-        batch = next(iter(self.strategy.experimental_distribute_dataset(dataset)))
-        out = self._step_fn(batch[0], batch[1], tf.constant(step, tf.int64))
+        x = self.to_input(x)
+        y = np.asarray(y, np.int64)
+        replicas = self.strategy.num_replicas_in_sync
+        if len(x) % replicas:
+            raise ValueError(f"batch of {len(x)} does not split over {replicas} replicas")
+        share = len(x) // replicas
+
+        def part(array):  # each replica takes its contiguous share of the global batch
+            return lambda ctx: tf.constant(array[ctx.replica_id_in_sync_group * share:
+                                                 (ctx.replica_id_in_sync_group + 1) * share])
+
+        xs = self.strategy.experimental_distribute_values_from_function(part(x))
+        ys = self.strategy.experimental_distribute_values_from_function(part(y))
+        out = self._step_fn(xs, ys, tf.constant(step, tf.int64))
         return {k: float(v) for k, v in out.items()}
 
     def fit(self, inputs: np.ndarray, labels: np.ndarray) -> History:
         cfg = self.cfg
         n = len(inputs)
         batch = min(cfg.batch_size, n)
+        batch -= batch % self.strategy.num_replicas_in_sync  # an equal share per replica
         per_epoch = n // batch  # full batches only: every step sees m examples (eq. 9)
         rng = np.random.default_rng(cfg.seed)
         history = History()
@@ -187,22 +204,25 @@ class Trainer:
             if totals["n"] == 0:
                 self.log(f"[{self.method.name}] step cap {cfg.max_steps} reached")
                 break
-            val = float(self.evaluate())
+            scores = {k: float(v) for k, v in self.evaluate().items()}
+            if cfg.monitor not in scores:
+                raise ValueError(f"monitor '{cfg.monitor}' is not among {sorted(scores)}")
+            val = scores[cfg.monitor]
             row = {"epoch": epoch, "train_loss": totals["loss_sum"] / totals["n"],
                    "clean_acc": _ratio(totals["clean_correct"], totals["clean_n"]),
                    "adv_acc": _ratio(totals["adv_correct"], totals["adv_n"]),
-                   "val_acc": val, "seconds": round(seconds, 2), "steps": history.steps}
+                   **scores, "seconds": round(seconds, 2), "steps": history.steps}
             history.rows.append(row)
-            improved = val > history.best_val
+            since_best = 0 if val > history.best_val else since_best + 1
+            improved = val >= history.best_val
             if improved:
-                history.best_val, history.best_epoch, since_best = val, epoch, 0
+                history.best_val, history.best_epoch = val, epoch
                 self.save(epoch)
-            else:
-                since_best += 1
             adv = "" if math.isnan(row["adv_acc"]) else f", adv acc {row['adv_acc']:.3f}"
+            shown = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in scores.items())
             self.log(f"[{self.method.name}] epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f}, "
-                     f"clean acc {row['clean_acc']:.3f}{adv}, val acc {val:.3f}"
-                     f"{' (best)' if improved else ''}, {seconds:.1f} s")
+                     f"clean acc {row['clean_acc']:.3f}{adv}, {shown}"
+                     f"{' (best ' + cfg.monitor + ')' if improved else ''}, {seconds:.1f} s")
             if cfg.patience and since_best >= cfg.patience:
                 history.stopped_early = True
                 self.log(f"[{self.method.name}] early stop: no val improvement in "
