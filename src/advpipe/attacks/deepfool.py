@@ -36,14 +36,14 @@ import tensorflow as tf
 
 from ..evaluation import Timer, compiled_forward, image_spec, iterate_batches, rho2, topk_hits
 
-JACOBIAN_MODES = ("batch", "loop")
+JACOBIAN_MODES = ("loop", "batch")
 
 
 def deepfool_tf(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, *, steps: int = 50,
                 candidates: int | None = 10, overshoot: float = 0.02,
                 differentiable: bool = False, targets: tf.Tensor | None = None,
-                clean_logits: tf.Tensor | None = None,
-                jacobian: str = "batch") -> tuple[tf.Tensor, tf.Tensor]:
+                clean_logits: tf.Tensor | None = None, jacobian: str = "loop",
+                return_info: bool = False):
     """Batched L2 DeepFool in pure TensorFlow. Returns ``(x_adv, r_total)``.
 
     ``model_fn``: images (N, ...) in [0, 1] -> logits (N, C), e.g.
@@ -63,8 +63,15 @@ def deepfool_tf(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, *, ste
     differentiated with respect to the model's weights (Deep Defense). Argmin, argmax and the
     stopping masks are piecewise constant and carry no gradient.
 
-    ``jacobian``: ``"batch"`` (``tape.batch_jacobian``, vectorised over the candidates) or
-    ``"loop"`` (one ``tape.gradient`` per candidate); same result.
+    ``jacobian``: ``"loop"`` (one ``tape.gradient`` per candidate, the default: 3.5x faster on
+    2 CPU cores for EfficientNet-Lite0) or ``"batch"`` (``tape.batch_jacobian``, vectorised
+    over the candidates); same result.
+
+    ``return_info=True`` returns ``(x_adv, r_total, info)``; ``info``: ``"steps"`` int32 (N,),
+    the number of steps each example took; ``"choices"`` int32 (N, steps), the class l chosen
+    at each step (-1 once stopped); ``"success"`` bool (N,), stopped because the prediction
+    changed (targeted: the target is predicted, also when it was from the start) within
+    ``steps``.
     """
     if jacobian not in JACOBIAN_MODES:
         raise ValueError(f"jacobian must be one of {JACOBIAN_MODES}, got {jacobian!r}")
@@ -104,7 +111,7 @@ def deepfool_tf(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, *, ste
     x0 = tf.stop_gradient(x) if not differentiable else x
     img_rank = len(x.shape) - 1
 
-    def body(i, x_adv, r_sum, active):
+    def body(i, x_adv, r_sum, active, n_steps, choices):
         idx = tf.where(active)[:, 0]
         rows = idx[:, None]
         xa = sg(tf.gather(x_adv, idx))
@@ -136,24 +143,34 @@ def deepfool_tf(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, *, ste
         done = finished(model_fn(tf.stop_gradient(x_new)), ref_a,
                         None if targeted is None else tf.gather(targets, idx),
                         None if targeted is None else tf.gather(targeted, idx))
+        chosen = tf.gather(cand_a, best, batch_dims=1)
+        n_steps = tf.tensor_scatter_nd_add(n_steps, rows, tf.ones_like(chosen))
+        choices = tf.tensor_scatter_nd_update(
+            choices, tf.stack([idx, tf.fill(tf.shape(idx), tf.cast(i, tf.int64))], axis=1), chosen)
         r_sum = tf.tensor_scatter_nd_update(r_sum, rows, r_new)
         x_adv = tf.tensor_scatter_nd_update(x_adv, rows, x_new)
         active = tf.tensor_scatter_nd_update(active, rows, tf.logical_not(done))
-        return i + 1, x_adv, r_sum, active
+        return i + 1, x_adv, r_sum, active, n_steps, choices
 
-    def cond(i, x_adv, r_sum, active):
+    def cond(i, x_adv, r_sum, active, n_steps, choices):
         return tf.logical_and(i < steps, tf.reduce_any(active))
 
-    _, x_adv, r_sum, _ = tf.while_loop(
-        cond, body, (tf.constant(0), x0, tf.zeros_like(x0), active), maximum_iterations=steps)
+    n = tf.shape(x)[0]
+    start = (tf.constant(0), x0, tf.zeros_like(x0), active, tf.zeros([n], tf.int32),
+             tf.fill([n, steps], tf.constant(-1, tf.int32)))
+    _, x_adv, r_sum, active, n_steps, choices = tf.while_loop(
+        cond, body, start, maximum_iterations=steps)
     r_total = scale * r_sum
     if not differentiable:
         x_adv, r_total = tf.stop_gradient(x_adv), tf.stop_gradient(r_total)
-    return x_adv, r_total
+    if not return_info:
+        return x_adv, r_total
+    info = {"steps": n_steps, "choices": choices, "success": tf.logical_not(active)}
+    return x_adv, r_total, info
 
 
 def make_deepfool(model, *, steps: int = 50, candidates: int | None = 10,
-                  overshoot: float = 0.02, jacobian: str = "batch"):
+                  overshoot: float = 0.02, jacobian: str = "loop"):
     """:func:`deepfool_tf` compiled once for ``model`` (free batch dimension, evaluation mode).
 
     Returns a ``tf.function`` ``f(x, targets) -> (x_adv, r_total, clean_logits, adv_logits)``;
