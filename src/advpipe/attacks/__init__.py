@@ -1,7 +1,7 @@
-"""Adversarial attacks: the one-step family (shared base) and DeepFool (Foolbox)."""
+"""Adversarial attacks: the one-step family (shared base) and DeepFool (compiled TF)."""
 
 from .base import LossGradient, OneStepAttack, Prepared
-from .deepfool import DeepFoolResult, deepfool
+from .deepfool import DeepFoolResult, deepfool, deepfool_foolbox, deepfool_tf, make_deepfool
 from .fgm import FGM
 from .fgsm import FGSM
 from .rfgsm import RFGSM
@@ -22,4 +22,5 @@ def make_attack(name: str, model, *, labels: str = "ground_truth", seed: int = 0
 
 
 __all__ = ["FGM", "FGSM", "RFGSM", "StepLL", "LossGradient", "OneStepAttack", "Prepared",
-           "ONE_STEP", "make_attack", "sweep", "SweepResult", "deepfool", "DeepFoolResult"]
+           "ONE_STEP", "make_attack", "sweep", "SweepResult", "deepfool", "DeepFoolResult",
+           "deepfool_tf", "make_deepfool", "deepfool_foolbox"]
