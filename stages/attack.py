@@ -1,33 +1,25 @@
-"""Stage 'attack@<name>': accuracy-vs-eps sweep of one one-step attack.
+"""Stage 'attack@<name>': accuracy-vs-eps sweep of one attack (one-step or PGD).
 
-Usage: python stages/attack.py {fgsm,fgm,rfgsm,step_ll}
+Usage: python stages/attack.py {fgsm,fgm,rfgsm,step_ll,pgd}
 Writes metrics/attacks/<name>.json and plots/attacks/<name>.csv.
 """
 
 import sys
 
 import common
-from advpipe.attacks import ONE_STEP, make_attack, sweep
+from advpipe.attacks.registry import ATTACKS, attack_options, build_attack
+from advpipe.attacks.sweep import sweep
 from advpipe.config import get
 from advpipe.reporting import write_json, write_rows_csv
 
 
-def attack_options(p: dict, name: str) -> dict:
-    if name == "fgm":
-        return {"norm": get(p, "attacks.fgm.norm")}
-    if name == "rfgsm":
-        return {"alpha_fraction": get(p, "attacks.rfgsm.alpha_fraction")}
-    return {}
-
-
 def main(name: str) -> None:
-    if name not in ONE_STEP:
-        sys.exit(f"error: unknown attack '{name}'; choose one of {sorted(ONE_STEP)}")
+    if name not in ATTACKS:
+        sys.exit(f"error: unknown attack '{name}'; choose one of {list(ATTACKS)}")
     p = common.params()
     model = common.model(p)
     images, labels, _ = common.attack_set()
-    attack = make_attack(name, model, labels=get(p, "attacks.labels"), seed=get(p, "seed"),
-                         **attack_options(p, name))
+    attack = build_attack(name, model, p)
     result = sweep(attack, images, labels, get(p, f"attacks.{name}.epsilons"),
                    batch_size=get(p, "model.batch_size"), progress=common.log)
     metrics = result.to_metrics()
@@ -42,5 +34,5 @@ def main(name: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit(f"usage: python stages/attack.py {{{','.join(ONE_STEP)}}}")
+        sys.exit(f"usage: python stages/attack.py {{{','.join(ATTACKS)}}}")
     main(sys.argv[1])

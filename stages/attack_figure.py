@@ -6,12 +6,11 @@ import numpy as np
 import tensorflow as tf
 
 import common
-from advpipe.attacks import make_attack
+from advpipe.attacks.registry import build_attack
 from advpipe.config import get
 from advpipe.data.class_index import imagenet_classes
 from advpipe.data.images import to_unit_float
 from advpipe.reporting import adversarial_figure
-from attack import attack_options
 
 
 def titles(logits: np.ndarray) -> list[str]:
@@ -32,8 +31,7 @@ def main() -> None:
         sys.exit(f"error: report.figure.images {bad} out of range: the attack set has "
                  f"{len(images)} images")
     model = common.model(p)
-    attack = make_attack(name, model, labels=get(p, "attacks.labels"), seed=get(p, "seed"),
-                         **attack_options(p, name))
+    attack = build_attack(name, model, p)
     x = to_unit_float(images[chosen])
     prepared = attack.prepare(x, labels[chosen], index=np.asarray(chosen))
     adversarials = [attack.perturb(prepared, e).numpy() for e in epsilons]

@@ -43,3 +43,29 @@ def attack_set():
 
     images, manifest = read_image_set(ATTACK_SET)
     return images, manifest["label"].to_numpy(dtype="int64"), manifest
+
+
+def defense_split(split: str, classes: list[int] | None = None):
+    """uint8 images, class positions (int64), manifest and class list of one defense split."""
+    from advpipe.defenses.dataset import defense_classes, load_split
+
+    classes = classes or defense_classes(DEFENSE_SET)
+    images, labels, manifest = load_split(DEFENSE_SET, split, classes)
+    return images, labels, manifest, classes
+
+
+def timings(name: str, data: dict) -> None:
+    """Wall times of a stage, kept out of the metrics so `dvc metrics diff` shows science only."""
+    from advpipe.reporting import write_json
+
+    write_json(f"timings/{name}.json", data)
+
+
+def guard(fn):
+    """Run ``fn()``; a user mistake it raises (bad file, bad value) becomes one error line."""
+    from advpipe.models.zoo import WeightsUnavailableError
+
+    try:
+        return fn()
+    except (ParamsError, FileNotFoundError, WeightsUnavailableError) as exc:
+        sys.exit(f"error: {exc}")

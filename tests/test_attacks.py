@@ -91,7 +91,7 @@ def test_rfgsm_reproducible_and_formula(tiny, batch):
     np.testing.assert_allclose(whole, halves, atol=1e-6)
     # eta = alpha*sign(xi) + (eps - alpha)*sign(grad at the (clipped) noisy point)
     prepared = a1.prepare(x, y)
-    noise = prepared.state[0].numpy()
+    noise = a1.noise(prepared.x, prepared.state[1]).numpy()
     assert set(np.unique(noise)) <= {-1.0, 1.0}
     x_adv, eta = a1.unclipped(prepared, eps)
     x_hat = np.clip(x + alpha * noise, 0, 1)
@@ -123,13 +123,13 @@ def test_sweep_counts_and_reuses_gradient(tiny, batch, monkeypatch):
     x, y = batch
     attack = FGSM(tiny)
     calls = {"n": 0}
-    original = attack.gradient._fn
+    original = attack._direction_c
 
     def counting(*args):
         calls["n"] += 1
         return original(*args)
 
-    monkeypatch.setattr(attack.gradient, "_fn", counting)
+    monkeypatch.setattr(attack, "_direction_c", counting)
     images = (x * 255).round().astype(np.uint8)
     result = sweep(attack, images, y, [0.0, 0.05, 0.2], batch_size=5, progress=lambda m: None)
     n_batches = 3
@@ -144,7 +144,7 @@ def test_sweep_counts_and_reuses_gradient(tiny, batch, monkeypatch):
 
 def test_unknown_attack_and_bad_options(tiny):
     with pytest.raises(ValueError, match="unknown attack"):
-        make_attack("pgd", tiny)
+        make_attack("cw", tiny)
     with pytest.raises(ValueError, match="norm"):
         FGM(tiny, norm="l3")
     with pytest.raises(ValueError, match="alpha_fraction"):

@@ -3,7 +3,7 @@ import copy
 import pytest
 import yaml
 
-from advpipe.config import ParamsError, load_params, resolve_classes, validate
+from advpipe.config import ParamsError, load_params, resolve_classes, set_classes, validate
 
 
 @pytest.fixture()
@@ -23,19 +23,34 @@ def _set(p, dotted, value):
 def test_repository_params_are_valid(params):
     validate(params)
     assert params["model"]["name"] == "efficientnet_lite0"
-    assert params["data"]["source"] == "samples"
+    assert params["data"]["attack_set"]["source"] == "samples"
+    assert params["data"]["defense_set"]["source"] == "samples"
+    assert params["data"]["crop_ratio"] == 0.875
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("data.source", "url", "'data.source' must be one of ['samples', 'urls', 'folder']"),
+    ("data.attack_set.source", "url",
+     "'data.attack_set.source' must be one of ['samples', 'urls', 'folder', 'imagenette']"),
+    ("data.defense_set.source", None, "'data.defense_set.source' must be one of"),
+    ("data.crop_ratio", 0.0, "'data.crop_ratio' must be > 0"),
+    ("data.crop_ratio", 1.5, "'data.crop_ratio' must be <= 1"),
+    ("data.folder.skip_unreadable_classes", "yes",
+     "'data.folder.skip_unreadable_classes' must be true or false"),
+    ("data.imagenette.archive", "imagenette-160", "'data.imagenette.archive' must be one of"),
+    ("data.imagenette.url", "ftp://x/y.tgz", "'data.imagenette.url' must be an http(s) URL"),
+    ("data.imagenette.sha256", "abc", "'data.imagenette.sha256' must be a sha256 digest"),
+    ("data.imagenette.cache_dir", "", "'data.imagenette.cache_dir' must be a non-empty string"),
     ("model.name", "resnet", "'model.name' must be one of"),
     ("attacks.fgsm.epsilons", [0.1, 2.0], "'attacks.fgsm.epsilons' must hold numbers in [0, 1]"),
     ("attacks.fgsm.epsilons", [], "'attacks.fgsm.epsilons' must be a non-empty list"),
     ("attacks.fgm.norm", "l1", "'attacks.fgm.norm' must be one of ['l2', 'linf_equivalent']"),
     ("attacks.rfgsm.alpha_fraction", 0.0, "'attacks.rfgsm.alpha_fraction' must be > 0"),
     ("attacks.labels", True, "'attacks.labels' must be one of ['ground_truth', 'predicted']"),
-    ("data.attack_set.classes", [1, 1000], "'data.attack_set.classes' must hold integers in [0, 999]"),
-    ("data.attack_set.classes", {"first": 0}, "'data.attack_set.classes' must be >= 1"),
+    ("data.attack_set.indices", [1, 1000], "'data.attack_set.indices' must hold integers in [0, 999]"),
+    ("data.attack_set.indices", [], "'data.attack_set.indices' must be a non-empty list"),
+    ("data.attack_set.indices", {"first": 3}, "'data.attack_set.indices' must be a list of integers"),
+    ("data.attack_set.first", 0, "'data.attack_set.first' must be >= 1"),
+    ("data.defense_set.first", [1], "'data.defense_set.first' must be an integer"),
     ("data.defense_set.split", {"train": 1, "val": 1}, "'data.defense_set.split' must be a mapping"),
     ("data.urls.workers", 0, "'data.urls.workers' must be >= 1"),
     ("model.batch_size", "32", "'model.batch_size' must be an integer"),
@@ -55,10 +70,10 @@ def test_missing_key_is_named(params):
 
 
 def test_every_problem_is_listed(params):
-    bad = _set(_set(copy.deepcopy(params), "seed", -1), "data.source", "x")
+    bad = _set(_set(copy.deepcopy(params), "seed", -1), "data.attack_set.source", "x")
     with pytest.raises(ParamsError) as err:
         validate(bad)
-    assert "'seed'" in str(err.value) and "'data.source'" in str(err.value)
+    assert "'seed'" in str(err.value) and "'data.attack_set.source'" in str(err.value)
 
 
 def test_load_params_errors(tmp_path):
@@ -74,5 +89,44 @@ def test_load_params_errors(tmp_path):
 
 
 def test_resolve_classes():
-    assert resolve_classes({"first": 3}) == [0, 1, 2]
-    assert resolve_classes([96, 530, 950]) == [96, 530, 950]
+    assert resolve_classes(3, None) == [0, 1, 2]
+    assert resolve_classes(None, [96, 530, 950]) == [96, 530, 950]
+    assert resolve_classes(50, [1, 2]) == [1, 2]  # indices win (a -S override of indices alone)
+    with pytest.raises(ParamsError):
+        resolve_classes(None, None)
+
+
+def test_class_selection_is_first_or_indices(params):
+    assert set_classes(params, "attack_set") == list(range(50))
+    assert set_classes(params, "defense_set") == [96, 530, 950]
+    # `dvc exp run -S data.attack_set.indices=[1,2]`: only indices changes, and it is used
+    p = _set(copy.deepcopy(params), "data.attack_set.indices", [1, 2])
+    validate(p)
+    assert set_classes(p, "attack_set") == [1, 2]
+    p = _set(copy.deepcopy(params), "data.defense_set.first", 3)
+    assert set_classes(_set(p, "data.defense_set.indices", None), "defense_set") == [0, 1, 2]
+    bad = _set(copy.deepcopy(params), "data.defense_set.indices", None)
+    with pytest.raises(ParamsError) as err:
+        validate(bad)
+    assert "'data.defense_set.first' and 'data.defense_set.indices' are both null" in str(err.value)
+
+
+def test_old_data_layout_is_reported(params):
+    old = copy.deepcopy(params)
+    del old["data"]["attack_set"]["source"]
+    with pytest.raises(ParamsError, match="missing key 'data.attack_set.source'"):
+        validate(old)
+
+
+def test_dvc_set_param_override_of_indices(tmp_path):
+    """`dvc exp run -S data.attack_set.indices=[1,2]` rewrites params.yaml to a valid file."""
+    hydra = pytest.importorskip("dvc.utils.hydra")
+    target = tmp_path / "params.yaml"
+    target.write_text(open("params.yaml").read())
+    hydra.apply_overrides(str(target), ["data.attack_set.indices=[1,2]",
+                                        "data.defense_set.indices=[0,482,574]",
+                                        "data.defense_set.source=imagenette"])
+    p = load_params(target)
+    assert set_classes(p, "attack_set") == [1, 2]
+    assert set_classes(p, "defense_set") == [0, 482, 574]
+    assert p["data"]["defense_set"]["source"] == "imagenette"

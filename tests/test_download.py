@@ -55,6 +55,24 @@ def noise(height: int = 72, width: int = 96, channels: int = 3, seed: int = 0) -
     return rng.integers(0, 256, shape, dtype=np.uint8)
 
 
+def photo(height: int = 72, width: int = 96, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """A photo-like image: smooth seeded waves and gradients plus mild sensor noise.
+
+    Unlike :func:`noise` (white noise, which the downloader rejects as
+    ``noise``), neighbouring pixels are strongly correlated, as in photos.
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    planes = []
+    for _ in range(channels):
+        fx, fy = rng.uniform(1.0, 3.0, 2)
+        px, py = rng.uniform(0, 2 * np.pi, 2)
+        wave = 70 * np.sin(2 * np.pi * fx * x + px) * np.cos(2 * np.pi * fy * y + py)
+        planes.append(128 + wave + 50 * (x - y) + rng.normal(0, 5, (height, width)))
+    out = np.clip(np.stack(planes, axis=-1), 0, 255).astype(np.uint8)
+    return out[..., 0] if channels == 1 else out
+
+
 def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **kwargs)
@@ -62,11 +80,11 @@ def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
 
 
 def jpeg(seed: int = 0, size: tuple[int, int] = (96, 72)) -> bytes:
-    return encode(Image.fromarray(noise(size[1], size[0], seed=seed)), "JPEG", quality=90)
+    return encode(Image.fromarray(photo(size[1], size[0], seed=seed)), "JPEG", quality=90)
 
 
 def png(seed: int = 0, size: tuple[int, int] = (96, 72)) -> bytes:
-    return encode(Image.fromarray(noise(size[1], size[0], seed=seed)), "PNG")
+    return encode(Image.fromarray(photo(size[1], size[0], seed=seed)), "PNG")
 
 
 def forge_png_size(data: bytes, width: int, height: int) -> bytes:
@@ -89,6 +107,9 @@ class Route:
     content_type: str | None = "image/jpeg"
     delay: float = 0.0
     location: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    trickle: float = 0.0  # seconds between single bytes of the body
+    trickle_headers: bool = False  # trickle the status line and headers too
 
 
 @dataclass
@@ -132,9 +153,24 @@ def _make_handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
                     self.send_header("Content-Type", route.content_type)
                 if route.location is not None:
                     self.send_header("Location", route.location)
+                for name, value in route.headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(route.body)))
-                self.end_headers()
-                self.wfile.write(route.body)
+                if route.trickle_headers:  # hold back what send_header buffered
+                    head, self._headers_buffer = b"".join(self._headers_buffer) + b"\r\n", []
+                    for i in range(len(head)):
+                        self.wfile.write(head[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(route.trickle)
+                else:
+                    self.end_headers()
+                if route.trickle:
+                    for i in range(len(route.body)):
+                        self.wfile.write(route.body[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(route.trickle)
+                else:
+                    self.wfile.write(route.body)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout test)
 
@@ -352,7 +388,7 @@ def test_success_jpeg_and_png(server: ImageServer, tmp_path: Path) -> None:
             assert saved.format == "PNG" and saved.mode == "RGB" and saved.size == (96, 72)
     # lossless: the PNG source round-trips exactly
     png_file = tmp_path / report.classes[3].files[1].file
-    assert np.array_equal(np.asarray(Image.open(png_file)), noise(seed=2))
+    assert np.array_equal(np.asarray(Image.open(png_file)), photo(seed=2))
     json.dumps(report.to_dict())
 
 
@@ -443,19 +479,19 @@ def test_redirect_to_good_image_is_accepted(server: ImageServer, tmp_path: Path)
 
 def test_modes_are_converted_to_rgb(server: ImageServer, tmp_path: Path) -> None:
     size = (96, 72)
-    palette = Image.fromarray(noise(seed=14)).quantize(64)
+    palette = Image.fromarray(photo(seed=14)).quantize(64)
     palette_bytes = encode(palette, "PNG", transparency=0)
-    rgba = noise(seed=15, channels=4)
+    rgba = photo(seed=15, channels=4)
     rgba[:, :48, 3] = 0  # left half fully transparent
     rgba[:, 48:, 3] = 255  # right half opaque
     bodies = {
-        "/m/gray.png": (encode(Image.fromarray(noise(seed=16, channels=1)), "PNG"), "image/png"),
-        "/m/cmyk.jpg": (encode(Image.fromarray(noise(seed=17)).convert("CMYK"), "JPEG", quality=90), "image/jpeg"),
+        "/m/gray.png": (encode(Image.fromarray(photo(seed=16, channels=1)), "PNG"), "image/png"),
+        "/m/cmyk.jpg": (encode(Image.fromarray(photo(seed=17)).convert("CMYK"), "JPEG", quality=90), "image/jpeg"),
         "/m/palette.png": (palette_bytes, "image/png"),
         "/m/rgba.png": (encode(Image.fromarray(rgba, "RGBA"), "PNG"), "image/png"),
-        "/m/la.png": (encode(Image.fromarray(noise(seed=18, channels=1)).convert("LA"), "PNG"), "image/png"),
-        "/m/gray16.png": (encode(Image.fromarray(noise(seed=19, channels=1).astype(np.uint16) * 257), "PNG"), "image/png"),
-        "/m/anim.gif": (encode(Image.fromarray(noise(seed=20)).convert("P"), "GIF"), "image/gif"),
+        "/m/la.png": (encode(Image.fromarray(photo(seed=18, channels=1)).convert("LA"), "PNG"), "image/png"),
+        "/m/gray16.png": (encode(Image.fromarray(photo(seed=19, channels=1).astype(np.uint16) * 257), "PNG"), "image/png"),
+        "/m/anim.gif": (encode(Image.fromarray(photo(seed=20)).convert("P"), "GIF"), "image/gif"),
     }
     assert Image.open(io.BytesIO(bodies["/m/gray16.png"][0])).mode.startswith("I")
     urls = [server.add(path, Route(body=body, content_type=ctype)) for path, (body, ctype) in bodies.items()]
@@ -569,7 +605,7 @@ def _acceptance_server(server: ImageServer) -> tuple[dict[str, list[str]], dict[
     bad_kinds: list[Callable[[str], str]] = [
         server.dead,
         lambda p: server.add(p, Route(body=b"<html>" + b"." * 4000, content_type="text/html")),
-        lambda p: server.add(p, Route(body=_half(jpeg(seed=zlib.crc32(p.encode()) % 1000)))),
+        lambda p: server.add(p, Route(body=_half(jpeg(seed=zlib.crc32(p.encode()) % 1000, size=(240, 180))))),
         lambda p: server.add(p, Route(status=302, location="/photo_unavailable.png", content_type=None)),
         lambda p: server.add(p, Route(body=encode(Image.new("RGB", (200, 150), (120, 120, 120)), "BMP"),
                                       content_type="image/bmp")),
@@ -632,7 +668,7 @@ def test_acceptance_quota_filled_from_half_dead_list(server: ImageServer, tmp_pa
 
 @pytest.mark.parametrize("fmt", ["fall11", "csv"])
 def test_data_stage_with_url_source(server: ImageServer, tmp_path: Path, fmt: str) -> None:
-    """`stages/data.py` with data.source: urls fills both sets from a half-dead local list."""
+    """`stages/data.py` with both sets from source urls, filled from a half-dead local list."""
     import os
     import shutil
     import subprocess
@@ -654,11 +690,11 @@ def test_data_stage_with_url_source(server: ImageServer, tmp_path: Path, fmt: st
             for i, url in enumerate(class_urls):
                 handle.write(f"{url},{WNIDS[wnid]}\n" if fmt == "csv" else f"{wnid}_{i}\t{url}\n")
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"].update(source="urls")
     params["data"]["urls"].update(list="urls.txt", timeout=2.0, retries=1, backoff=0.01, workers=4,
                                   min_bytes=512, min_side=32)
-    params["data"]["attack_set"] = {"classes": {"first": 2}, "per_class": 3}
-    params["data"]["defense_set"].update(classes=[0, 1, 2], per_class=5)
+    params["data"]["attack_set"] = {"source": "urls", "first": 2, "indices": None, "per_class": 3}
+    params["data"]["defense_set"].update(source="urls", first=None, indices=[0, 1, 2],
+                                         per_class=5)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     proc = subprocess.run([sys.executable, "stages/data.py"], cwd=work, env=env,

@@ -9,3 +9,5 @@ Conventions shared by every module:
 """
 
 __version__ = "0.1.0"
+
+from .models import preprocessing as _preprocessing  # noqa: E402,F401  (registers the custom Keras layers, so keras.models.load_model reads saved models)

@@ -17,6 +17,8 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from .attacks import registry as _attack_registry
+
 
 class ParamsError(ValueError):
     """A parameter is missing or has a value the pipeline cannot use."""
@@ -93,31 +95,54 @@ def epsilon_list() -> Rule:
     return Rule(check)
 
 
-def int_list(lo: int, hi: int, *, required: bool = True) -> Rule:
+def int_list(lo: int, hi: int, *, required: bool = True, unique: bool = True,
+             non_empty: bool = False) -> Rule:
     def check(v: Any) -> str | None:
+        if non_empty and v == []:
+            return "must be a non-empty list of integers"
         if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool)
                                                for i in v):
             return "must be a list of integers"
         if not all(lo <= i <= hi for i in v):
             return f"must hold integers in [{lo}, {hi}], got {v}"
-        if len(set(v)) != len(v):
+        if unique and len(set(v)) != len(v):
             return f"must not repeat a value, got {v}"
         return None
 
     return Rule(check, required)
 
 
-def class_selection() -> Rule:
-    """``{first: N}`` (the first N ImageNet classes) or an explicit list of indices."""
+def nullable(rule: Rule) -> Rule:
+    """``rule`` or null (the key itself must still be present when ``rule`` is required)."""
 
     def check(v: Any) -> str | None:
-        if isinstance(v, dict):
-            if set(v) != {"first"}:
-                return "must be {first: N} or a list of class indices"
-            return integer(1, 1000).check(v["first"])
-        if isinstance(v, list) and v:
-            return int_list(0, 999).check(v)
-        return "must be {first: N} or a non-empty list of class indices in [0, 999]"
+        if v is None:
+            return None
+        err = rule.check(v)
+        return f"{err} (or null)" if err else None
+
+    return Rule(check, rule.required)
+
+
+def sha256_hex() -> Rule:
+    def check(v: Any) -> str | None:
+        if v is None:
+            return None
+        if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdefABCDEF"
+                                                         for c in v):
+            return "must be a sha256 digest (64 hexadecimal characters) or null"
+        return None
+
+    return Rule(check)
+
+
+def http_url() -> Rule:
+    def check(v: Any) -> str | None:
+        if v is None:
+            return None
+        if not isinstance(v, str) or not v.lower().startswith(("http://", "https://")):
+            return "must be an http(s) URL or null"
+        return None
 
     return Rule(check)
 
@@ -133,19 +158,41 @@ def split_counts() -> Rule:
     return Rule(check)
 
 
-ATTACKS = ("fgsm", "fgm", "rfgsm", "step_ll")
+ATTACKS = tuple(_attack_registry.ATTACKS)
+
+#: Training keys every defense params group has (see advpipe.defenses.training.TrainConfig).
+TRAIN_RULES: dict[str, Rule] = {
+    "optimizer": choice("adam", "sgd"),
+    "learning_rate": number(0, 1, lo_open=True),
+    "momentum": number(0, 1, required=False),
+    "epochs": integer(1, 100000),
+    "batch_size": integer(1, 4096),
+    "patience": integer(0),
+    "max_steps": Rule(lambda v: None if v is None or (isinstance(v, int) and v >= 1
+                                                      and not isinstance(v, bool))
+                      else "must be null or an integer >= 1", required=False),
+    "lr_decay_at": Rule(lambda v: None if v is None or (_is_number(v) and 0 < v < 1)
+                        else "must be null or a fraction in (0, 1)", required=False),
+}
+SOURCES = ("samples", "urls", "folder", "imagenette")
+IMAGENETTE_ARCHIVES = ("imagenette2-160", "imagenette2-320", "imagenette2")
+SETS = ("attack_set", "defense_set")
 MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
           "resnet50", "vgg16", "tiny")
 
 SCHEMA: dict[str, Rule] = {
     "seed": integer(0),
     # ---------------------------------------------------------------- data
-    "data.source": choice("samples", "urls", "folder"),
     "data.image_size": integer(8, 1024),
+    "data.crop_ratio": number(0, 1, lo_open=True),
     "data.resample": choice("bicubic", "bilinear", "lanczos", "nearest"),
-    "data.attack_set.classes": class_selection(),
+    "data.attack_set.source": choice(*SOURCES),
+    "data.attack_set.first": nullable(integer(1, 1000)),
+    "data.attack_set.indices": nullable(int_list(0, 999, non_empty=True)),
     "data.attack_set.per_class": integer(1),
-    "data.defense_set.classes": class_selection(),
+    "data.defense_set.source": choice(*SOURCES),
+    "data.defense_set.first": nullable(integer(1, 1000)),
+    "data.defense_set.indices": nullable(int_list(0, 999, non_empty=True)),
     "data.defense_set.per_class": integer(1),
     "data.defense_set.split": split_counts(),
     "data.urls.list": string(),
@@ -157,7 +204,23 @@ SCHEMA: dict[str, Rule] = {
     "data.urls.min_bytes": integer(0),
     "data.urls.min_side": integer(1),
     "data.urls.max_pixels": integer(1),
+    # optional (defaults in advpipe.data.build.URL_DEFAULTS)
+    "data.urls.deadline": number(0, lo_open=True, required=False),
+    "data.urls.max_retry_after": number(0, required=False),
+    "data.urls.decode_pixels": integer(1, required=False),
+    "data.urls.background_fraction": number(0, 1, lo_open=True, required=False),
+    "data.urls.background_tolerance": integer(0, 255, required=False),
+    "data.urls.text_edge_ratio": number(0, 1, required=False),
+    "data.urls.noise_min_correlation": number(-1, 1, required=False),
+    "data.urls.noise_max_blockiness": number(0, lo_open=True, required=False),
+    "data.urls.cross_class": choice("first", "reject", required=False),
     "data.folder.path": string(),
+    "data.folder.skip_unreadable_classes": boolean(),
+    "data.imagenette.archive": choice(*IMAGENETTE_ARCHIVES),
+    "data.imagenette.url": http_url(),
+    "data.imagenette.sha256": sha256_hex(),
+    "data.imagenette.path": optional_string(),
+    "data.imagenette.cache_dir": string(),
     # ---------------------------------------------------------------- model
     "model.name": choice(*MODELS),
     "model.weights_path": optional_string(),
@@ -170,10 +233,32 @@ SCHEMA: dict[str, Rule] = {
     "attacks.rfgsm.epsilons": epsilon_list(),
     "attacks.rfgsm.alpha_fraction": number(0, 1, lo_open=True),
     "attacks.step_ll.epsilons": epsilon_list(),
+    "attacks.pgd.epsilons": epsilon_list(),
+    "attacks.pgd.steps": integer(1, 1000),
+    "attacks.pgd.rel_stepsize": number(0, lo_open=True),
+    "attacks.pgd.random_start": boolean(),
     "attacks.deepfool.steps": integer(1),
     "attacks.deepfool.candidates": integer(2, 1000),
     "attacks.deepfool.overshoot": number(0),
     "attacks.deepfool.batch_size": integer(1, 4096),
+    # ---------------------------------------------------------------- defense
+    "defense.model.trunk": choice(*MODELS),
+    "defense.model.weights_path": optional_string(),
+    "defense.model.trainable_blocks": integer(0, 100),
+    "defense.model.hidden_units": int_list(1, 65536, unique=False),
+    "defense.model.dropout": number(0, 1),
+    **{f"defense.{group}.{key}": rule for group in ("clean", "kurakin")
+       for key, rule in TRAIN_RULES.items()},
+    "defense.kurakin.adversarial_fraction": number(0, 1, lo_open=True),
+    "defense.kurakin.lambda": number(0, lo_open=True),
+    "defense.kurakin.eps_stddev": number(0, 1, lo_open=True),
+    "defense.kurakin.eps_max": number(0, 1, lo_open=True),
+    "defense.kurakin.labels": choice("ground_truth", "predicted"),
+    "defense.evaluation.split": choice("train", "val", "test"),
+    "defense.evaluation.epsilons": epsilon_list(),
+    "defense.evaluation.batch_size": integer(1, 4096),
+    "defense.evaluation.chance_margin": number(0, 1),
+    "defense.evaluation.report_epsilon": number(0, 1, lo_open=True),
     # ---------------------------------------------------------------- report
     "report.figure.attack": choice(*ATTACKS),
     "report.figure.images": int_list(0, 10**9),
@@ -181,8 +266,25 @@ SCHEMA: dict[str, Rule] = {
 }
 
 
+def _class_choice(params: Mapping[str, Any]) -> list[str]:
+    """Each set needs ``first`` or ``indices``; ``indices`` wins when both are given."""
+    problems = []
+    for name in SETS:
+        first = get(params, f"data.{name}.first", None)
+        indices = get(params, f"data.{name}.indices", None)
+        if first is None and indices is None:
+            problems.append(f"'data.{name}.first' and 'data.{name}.indices' are both null: "
+                            "set one (the first N classes, or a list of class indices)")
+    return problems
+
+
+#: Checks that involve several keys; each returns a list of problems.
+CROSS_CHECKS: tuple[Callable[[Mapping[str, Any]], list[str]], ...] = (_class_choice,)
+
+
 # --------------------------------------------------------------------------- access
 _MISSING = object()
+_ABSENT = object()
 
 
 def get(params: Mapping[str, Any], dotted: str, default: Any = _MISSING) -> Any:
@@ -203,14 +305,17 @@ def validate(params: Mapping[str, Any], schema: Mapping[str, Rule] = SCHEMA) -> 
         raise ParamsError("params.yaml: the top level must be a mapping")
     problems = []
     for key, rule in schema.items():
-        value = get(params, key, _MISSING)
-        if value is _MISSING:
+        value = get(params, key, _ABSENT)
+        if value is _ABSENT:
             if rule.required:
                 problems.append(f"missing key '{key}'")
             continue
         err = rule.check(value)
         if err:
             problems.append(f"'{key}' {err} (got {value!r})")
+    if schema is SCHEMA and not problems:
+        for cross in CROSS_CHECKS:
+            problems.extend(cross(params))
     if problems:
         raise ParamsError("params.yaml is invalid:\n  - " + "\n  - ".join(problems))
 
@@ -228,8 +333,15 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return params
 
 
-def resolve_classes(selection: Any) -> list[int]:
-    """Turn a validated class selection into a list of ImageNet class indices."""
-    if isinstance(selection, dict):
-        return list(range(int(selection["first"])))
-    return [int(i) for i in selection]
+def resolve_classes(first: int | None, indices: list[int] | None) -> list[int]:
+    """The ImageNet class indices of a set: ``indices`` if given, else ``range(first)``."""
+    if indices is not None:
+        return [int(i) for i in indices]
+    if first is None:
+        raise ParamsError("a class selection needs 'first' or 'indices'")
+    return list(range(int(first)))
+
+
+def set_classes(params: Mapping[str, Any], name: str) -> list[int]:
+    """The classes of ``data.<name>`` (``name``: ``attack_set`` or ``defense_set``)."""
+    return resolve_classes(get(params, f"data.{name}.first"), get(params, f"data.{name}.indices"))

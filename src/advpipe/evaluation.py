@@ -115,3 +115,49 @@ def rho2(perturbation_l2, image_l2, success) -> float:
     if not ok.any():
         return float("nan")
     return float(np.mean(r[ok] / np.maximum(x[ok], 1e-12)))
+
+
+def masking_checks(whitebox: dict, transfer: dict | None, *, chance: float,
+                   margin: float = 0.1, iterative: str = "pgd") -> dict:
+    """The gradient-masking checks of Carlini et al. (2019) for one model.
+
+    ``whitebox`` / ``transfer``: ``{attack: {eps: top1}}`` on the same images.
+
+    * ``iterative_beats_one_step``: at every ε, white-box top-1 under the iterative
+      attack is no higher than under the best one-step attack;
+    * ``whitebox_beats_transfer``: at every ε and attack, white-box top-1 is no higher
+      than transfer top-1 from the source model (``None`` without transfer);
+    * ``falls_towards_chance``: at the largest ε, white-box top-1 under the iterative
+      attack is within ``margin`` of chance.
+
+    A check that fails names the cells in ``flags``; a defense that fails one is
+    flagged in the report, not hidden.
+    """
+    flags = []
+    pgd = whitebox.get(iterative, {})
+    one_step = {a: v for a, v in whitebox.items() if a != iterative}
+    iterative_ok = True
+    for eps, acc in pgd.items():
+        best = min((v[eps] for v in one_step.values() if eps in v), default=None)
+        if best is not None and acc > best:
+            iterative_ok = False
+            flags.append(f"{iterative} {acc:.3f} > best one-step {best:.3f} at eps {eps}")
+    transfer_ok = None
+    if transfer:
+        transfer_ok = True
+        for attack, per in whitebox.items():
+            for eps, acc in per.items():
+                t = transfer.get(attack, {}).get(eps)
+                if t is not None and acc > t:
+                    transfer_ok = False
+                    flags.append(f"white-box {attack} {acc:.3f} > transfer {t:.3f} at eps {eps}")
+    chance_ok = None
+    if pgd:
+        largest = max(pgd, key=float)
+        chance_ok = pgd[largest] <= chance + margin
+        if not chance_ok:
+            flags.append(f"{iterative} top-1 {pgd[largest]:.3f} at the largest eps {largest} is "
+                         f"not within {margin} of chance ({chance:.3f})")
+    return {"iterative_beats_one_step": iterative_ok, "whitebox_beats_transfer": transfer_ok,
+            "falls_towards_chance": chance_ok, "chance": chance, "flags": flags,
+            "passed": bool(iterative_ok and transfer_ok is not False and chance_ok is not False)}

@@ -124,3 +124,87 @@ def adversarial_figure(originals: np.ndarray, adversarials: Sequence[np.ndarray]
             ax.set_title(title, fontsize=9)
             ax.axis("off")
     return _save_figure(fig, path)
+
+
+def _pct(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def defense_table(evals: Mapping[str, Mapping], trains: Mapping[str, Mapping],
+                  labels: Mapping[str, str], attacks: Sequence[str], eps: float
+                  ) -> pd.DataFrame:
+    """The final table: one row per defense model; top-1 in % at ``eps`` (white-box and
+    transfer from the clean head), DeepFool ρ₂, n per split and the masking checks."""
+    key = f"{eps:g}"
+    rows = []
+    for name, ev in evals.items():
+        tr = trains.get(name, {})
+        row = {"model": name, "description": labels.get(name, name),
+               "n_train": tr.get("n_train"), "n_val": tr.get("n_val"), "n_test": ev["n_images"],
+               "clean": ev["clean_top1"]}
+        for a in attacks:
+            row[a] = ev["whitebox"].get(a, {}).get(key)
+        for a in attacks:
+            row[f"transfer_{a}"] = (ev["transfer"] or {}).get(a, {}).get(key)
+        row["deepfool_success"] = ev["deepfool"]["success_rate"]
+        row["rho2"] = ev["deepfool"]["rho2"]
+        leak = tr.get("label_leaking")
+        row["label_leaking"] = None if leak is None else bool(leak["leaking"])
+        m = ev["masking"]
+        row["masking_checks"] = "passed" if m["passed"] else "FLAGGED"
+        row["masking_flags"] = "; ".join(m["flags"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def defense_markdown(table: pd.DataFrame, attacks: Sequence[str], eps: float,
+                     smoke: bool, notes: Sequence[str] = ()) -> str:
+    """The table as Markdown (top-1 in %), with a smoke-run warning when it applies."""
+    lines = [f"# Defense results (top-1 %, ε = {eps:g} ≈ {eps * 255:.0f}/255)", ""]
+    if smoke:
+        lines += ["> **Smoke run.** These models were trained and tested on a handful of images "
+                  "(see n_train / n_test): the numbers show that every stage runs, not how "
+                  "robust anything is. The README publishes the real-data results.", ""]
+    head = (["model", "n train/val/test", "clean"] + [f"{a}" for a in attacks]
+            + [f"transfer {a}" for a in attacks] + ["DeepFool success", "ρ₂", "label leaking",
+                                                   "masking checks"])
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in table.iterrows():
+        cells = [f"{r['model']}", f"{r['n_train']}/{r['n_val']}/{r['n_test']}", _pct(r["clean"])]
+        cells += [_pct(r[a]) for a in attacks]
+        cells += [_pct(r[f"transfer_{a}"]) for a in attacks]
+        rho = r["rho2"]
+        cells += [_pct(r["deepfool_success"]),
+                  "–" if rho is None or (isinstance(rho, float) and math.isnan(rho)) else f"{rho:.2e}",
+                  "–" if r["label_leaking"] is None else ("yes" if r["label_leaking"] else "no"),
+                  r["masking_checks"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    flagged = table[table["masking_flags"] != ""]
+    if len(flagged):
+        lines += ["", "Masking-check flags:"]
+        lines += [f"- **{r['model']}**: {r['masking_flags']}" for _, r in flagged.iterrows()]
+    lines += ["", *notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot_defense_curves(curves: pd.DataFrame, attack: str, path: str | Path,
+                        title: str | None = None) -> Path:
+    """White-box top-1 vs ε for one attack, one line per defense model (log ε axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    part = curves[(curves["attack"] == attack) & (curves["threat"] == "whitebox")]
+    for model, df in part.groupby("model", sort=False):
+        df = df.sort_values("eps")
+        ax.plot(df["eps"], df["top1"], marker="o", markersize=3.5, label=model)
+    ax.set_xscale("log")
+    ax.set_xlabel("ε (L∞ distance in [0, 1] pixel space)")
+    ax.set_ylabel("white-box top-1 accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title or f"{attack}: white-box top-1 vs ε")
+    ax.legend(fontsize=8)
+    return _save_figure(fig, path)

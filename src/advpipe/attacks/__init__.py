@@ -1,26 +1,23 @@
-"""Adversarial attacks: the one-step family (shared base) and DeepFool (compiled TF)."""
+"""Adversarial attacks: the ε-parameterised family (shared base, pure-TF core) and DeepFool.
 
-from .base import LossGradient, OneStepAttack, Prepared
+:mod:`.registry` lists them (name → class and params options); build attacks there.
+"""
+
+from .base import Attack, LossGradient, OneStepAttack, Prepared
 from .deepfool import DeepFoolResult, deepfool, deepfool_foolbox, deepfool_tf, make_deepfool
 from .fgm import FGM
 from .fgsm import FGSM
+from .pgd import PGD
+from .registry import (ATTACKS, ITERATIVE_NAMES, ONE_STEP_NAMES, attack_class, attack_options,
+                       build_attack, make_attack)
 from .rfgsm import RFGSM
 from .step_ll import StepLL
 from .sweep import SweepResult, sweep
 
-ONE_STEP = {cls.name: cls for cls in (FGSM, FGM, RFGSM, StepLL)}
+ONE_STEP = {name: attack_class(name) for name in ONE_STEP_NAMES}
 
-
-def make_attack(name: str, model, *, labels: str = "ground_truth", seed: int = 0,
-                **options) -> OneStepAttack:
-    """Build a one-step attack by name with its own options (e.g. ``norm`` for FGM)."""
-    if name not in ONE_STEP:
-        raise ValueError(f"unknown attack '{name}'; choose one of {sorted(ONE_STEP)}")
-    if name == "rfgsm":
-        options.setdefault("seed", seed)
-    return ONE_STEP[name](model, labels=labels, **options)
-
-
-__all__ = ["FGM", "FGSM", "RFGSM", "StepLL", "LossGradient", "OneStepAttack", "Prepared",
-           "ONE_STEP", "make_attack", "sweep", "SweepResult", "deepfool", "DeepFoolResult",
-           "deepfool_tf", "make_deepfool", "deepfool_foolbox"]
+__all__ = ["Attack", "FGM", "FGSM", "PGD", "RFGSM", "StepLL", "LossGradient", "OneStepAttack",
+           "Prepared", "ATTACKS", "ONE_STEP", "ONE_STEP_NAMES", "ITERATIVE_NAMES",
+           "attack_class", "attack_options", "build_attack", "make_attack", "sweep",
+           "SweepResult", "deepfool", "DeepFoolResult", "deepfool_tf", "make_deepfool",
+           "deepfool_foolbox"]

@@ -1,16 +1,20 @@
-"""The shared base of the one-step attacks (FGSM, FGM, R-FGSM, step-LL).
+"""The shared base of the ε-parameterised attacks (FGSM, FGM, R-FGSM, step-LL, PGD).
 
-An attack works on a batch in two steps, so that a sweep over several epsilons
-computes the expensive part once:
+Each attack has one pure-TensorFlow entry point, :meth:`Attack.generate`
+``(x, y, eps, seeds) -> x'`` (ε a scalar or one value per example), built from
+:mod:`advpipe.attacks.core`. The trainer calls it inside its compiled training step;
+the ε sweep calls the same code through two compiled helpers, so that the
+expensive part is computed once per batch:
 
-* :meth:`OneStepAttack.prepare` runs the model on the clean batch (its logits give
-  the clean accuracy for free) and computes whatever does not depend on epsilon --
-  for FGSM, FGM and step-LL that is the whole gradient direction;
-* :meth:`OneStepAttack.perturb` returns the clipped adversarial batch for one
-  epsilon (a single fused multiply-add for the gradient-reuse attacks).
+* :meth:`Attack.prepare` runs the model on the clean batch (its logits give the clean
+  accuracy for free) and, for FGSM, FGM and step-LL, the whole gradient direction;
+* :meth:`Attack.perturb` returns the clipped adversarial batch for one ε (a single
+  fused multiply-add for the gradient-reusing attacks).
 
-Both run inside TensorFlow functions compiled once per attack object, with a free
-batch dimension, so no graph is ever rebuilt per image or per batch.
+Randomised attacks (R-FGSM's noise, PGD's random start) draw their noise from
+per-example stateless seeds ``[batch, 2]``: the sweep uses ``(seed, dataset index)``,
+so results do not depend on the batch size; the trainer uses ``(seed, step·m + i)``,
+so the noise differs at every training step.
 """
 
 from __future__ import annotations
@@ -22,30 +26,18 @@ import numpy as np
 import tensorflow as tf
 
 from ..evaluation import compiled_forward, image_spec
+from . import core
 
 LABEL_MODES = ("ground_truth", "predicted")
+SEED_SPEC = tf.TensorSpec([None, 2], tf.int64)
 
 
 class LossGradient:
-    """Compiled ``(logits, dJ/dx)`` for the summed softmax cross-entropy of a model.
-
-    The loss is summed over the batch (as Foolbox does), so each example's
-    gradient is independent of the batch it is in.
-    """
+    """Compiled ``(logits, dJ/dx)`` for the summed softmax cross-entropy of a model."""
 
     def __init__(self, model):
-        spec = image_spec(model)
-
-        @tf.function(input_signature=[spec, tf.TensorSpec([None], tf.int64)])
-        def value_and_grad(x, y):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                logits = model(x, training=False)
-                loss = tf.reduce_sum(
-                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
-            return logits, tape.gradient(loss, x)
-
-        self._fn = value_and_grad
+        self._fn = tf.function(lambda x, y: core.loss_gradient(model, x, y),
+                               input_signature=[image_spec(model), tf.TensorSpec([None], tf.int64)])
 
     def __call__(self, x, y):
         return self._fn(tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.int64))
@@ -53,45 +45,88 @@ class LossGradient:
 
 @dataclass
 class Prepared:
-    """What :meth:`OneStepAttack.prepare` hands to :meth:`OneStepAttack.perturb`."""
+    """What :meth:`Attack.prepare` hands to :meth:`Attack.perturb`."""
 
     x: tf.Tensor
     clean_logits: tf.Tensor
     state: Any
 
 
-class OneStepAttack:
-    """Base class. Subclasses set :attr:`name` and implement ``_prepare``/``_perturb``.
+def example_seeds(seed: int, index) -> tf.Tensor:
+    """Per-example stateless seeds ``[(seed, index_i)]`` as an int64 ``[batch, 2]`` tensor."""
+    index = tf.convert_to_tensor(np.asarray(index, dtype=np.int64))
+    return tf.stack([tf.fill(tf.shape(index), tf.constant(int(seed), tf.int64)), index], axis=1)
 
-    ``labels="ground_truth"`` attacks the given labels; ``"predicted"`` attacks the model's
-    own clean prediction instead (avoids label leaking, Kurakin et al. 2016).
+
+class Attack:
+    """Base class. Subclasses set :attr:`name` and implement :meth:`generate`.
+
+    Gradient-reusing attacks implement :meth:`direction` instead (``generate`` is then
+    ``clip(x + ε·direction)``). ``labels="ground_truth"`` attacks the given labels;
+    ``"predicted"`` attacks the model's own clean prediction (avoids label leaking,
+    Kurakin et al. 2016).
     """
 
-    name = "one_step"
+    name = "attack"
+    reuses_gradient = False  # True: direction() does not depend on eps
 
-    def __init__(self, model, *, labels: str = "ground_truth"):
+    def __init__(self, model, *, labels: str = "ground_truth", seed: int = 0):
         if labels not in LABEL_MODES:
             raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
         self.model = model
         self.labels = labels
+        self.seed = int(seed)
         self.forward = compiled_forward(model)
-        self.gradient = LossGradient(model)
         spec = image_spec(model)
-        self._clip_step = tf.function(_clip_step, input_signature=[
-            spec, spec, tf.TensorSpec([], tf.float32)])
+        eps = tf.TensorSpec([], tf.float32)
+        labels_spec = tf.TensorSpec([None], tf.int64)
+        if self.reuses_gradient:
+            self._direction_c = tf.function(self._direction_with_labels,
+                                            input_signature=[spec, labels_spec])
+            self._step_c = tf.function(core.step, input_signature=[spec, spec, eps])
+        else:
+            self._generate_c = tf.function(self.generate,
+                                           input_signature=[spec, labels_spec, eps, SEED_SPEC])
 
-    # -- public API -----------------------------------------------------------------
+    # -- the pure-TensorFlow entry point ------------------------------------------------
+    def attack_labels(self, x, y, logits=None):
+        """The labels the attack pushes away from (true or predicted), as a tensor."""
+        if self.labels == "predicted":
+            return core.predicted(self.model(x, training=False) if logits is None else logits)
+        return y
+
+    def generate(self, x, y, eps, seeds=None):
+        """Adversarial ``x`` (clipped to [0, 1]); ``eps`` scalar or ``[batch]``; pure TF."""
+        return core.step(x, self._direction_with_labels(x, y)[1], eps)
+
+    def direction(self, x, y):  # pragma: no cover - abstract for gradient-reusing attacks
+        """``(clean logits, direction)`` for the attacked labels ``y``."""
+        raise NotImplementedError
+
+    def _direction_with_labels(self, x, y):
+        if self.labels == "predicted":
+            return self.direction(x, self.attack_labels(x, y))
+        return self.direction(x, y)
+
+    # -- the sweep: prepare once per batch, perturb per eps -----------------------------
     def prepare(self, x, y, index=None) -> Prepared:
         """Per-batch work that does not depend on epsilon. ``index``: dataset positions."""
         x = tf.convert_to_tensor(x, tf.float32)
         y = tf.convert_to_tensor(np.asarray(y, dtype=np.int64))
         if index is None:
             index = np.arange(x.shape[0])
-        return self._prepare(x, y, tf.convert_to_tensor(np.asarray(index, dtype=np.int64)))
+        if self.reuses_gradient:
+            logits, direction = self._direction_c(x, y)
+            return Prepared(x, logits, direction)
+        return Prepared(x, self.forward(x), (y, example_seeds(self.seed, index)))
 
     def perturb(self, prepared: Prepared, epsilon: float) -> tf.Tensor:
         """Adversarial batch for one epsilon, clipped to [0, 1]."""
-        return self._perturb(prepared, tf.constant(float(epsilon), tf.float32))
+        eps = tf.constant(float(epsilon), tf.float32)
+        if self.reuses_gradient:
+            return self._step_c(prepared.x, prepared.state, eps)
+        y, seeds = prepared.state
+        return self._generate_c(prepared.x, y, eps, seeds)
 
     def __call__(self, x, y, epsilons: float | Sequence[float], index=None):
         """Convenience: adversarial examples as NumPy, one array per epsilon."""
@@ -100,27 +135,6 @@ class OneStepAttack:
         out = [self.perturb(prepared, e).numpy() for e in ([epsilons] if single else epsilons)]
         return out[0] if single else out
 
-    # -- helpers for subclasses -------------------------------------------------------
-    def _attack_labels(self, y, clean_logits):
-        if self.labels == "predicted":
-            return tf.argmax(clean_logits, axis=1, output_type=tf.int64)
-        return y
 
-    def _logits_and_gradient(self, x, y):
-        """Clean logits and the loss gradient at ``x`` for the attacked labels."""
-        if self.labels == "predicted":
-            logits = self.forward(x)
-            _, grad = self.gradient(x, self._attack_labels(y, logits))
-            return logits, grad
-        return self.gradient(x, y)
-
-    def _prepare(self, x, y, index) -> Prepared:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _perturb(self, prepared: Prepared, epsilon: tf.Tensor) -> tf.Tensor:
-        """Default for gradient-reuse attacks: ``clip(x + eps * direction)``."""
-        return self._clip_step(prepared.x, prepared.state, epsilon)
-
-
-def _clip_step(x, direction, epsilon):
-    return tf.clip_by_value(x + epsilon * direction, 0.0, 1.0)
+# kept for the name the sweep and older code use
+OneStepAttack = Attack

@@ -12,27 +12,23 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
-
-from .base import OneStepAttack, Prepared
+from . import core
+from .base import Attack
 
 NORMS = ("l2", "linf_equivalent")
 
 
-class FGM(OneStepAttack):
+class FGM(Attack):
     name = "fgm"
+    reuses_gradient = True
 
-    def __init__(self, model, *, labels: str = "ground_truth", norm: str = "l2"):
+    def __init__(self, model, *, labels: str = "ground_truth", norm: str = "l2", seed: int = 0):
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        super().__init__(model, labels=labels)
         self.norm = norm
         d = math.prod(model.input_shape[1:])
         self.scale = 1.0 if norm == "l2" else math.sqrt(d)
+        super().__init__(model, labels=labels, seed=seed)
 
-    def _prepare(self, x, y, index) -> Prepared:
-        logits, grad = self._logits_and_gradient(x, y)
-        flat = tf.reshape(grad, [tf.shape(grad)[0], -1])
-        norms = tf.maximum(tf.norm(flat, axis=1), 1e-12)
-        unit = grad / tf.reshape(norms, [-1, 1, 1, 1])
-        return Prepared(x, logits, unit * self.scale)
+    def direction(self, x, y):
+        return core.fgm_direction(self.model, x, y, self.scale)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import tensorflow as tf
+from . import core
+from .base import Attack
 
-from .base import OneStepAttack, Prepared
 
-
-class FGSM(OneStepAttack):
+class FGSM(Attack):
     name = "fgsm"
+    reuses_gradient = True
 
-    def _prepare(self, x, y, index) -> Prepared:
-        logits, grad = self._logits_and_gradient(x, y)
-        return Prepared(x, logits, tf.sign(grad))
+    def direction(self, x, y):
+        return core.fgsm_direction(self.model, x, y)

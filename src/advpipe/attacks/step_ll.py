@@ -1,21 +1,18 @@
 """One-step least-likely class (Kurakin et al. 2016), proposal eq. (6).
 
 x' = clip(x - eps * sign(grad_x J(x, y_LL))), y_LL = argmin_y p(y | x), with J the
-cross-entropy. A targeted attack: it ignores the true label.
+cross-entropy. A targeted attack: it ignores the true label (and ``labels``).
 """
 
 from __future__ import annotations
 
-import tensorflow as tf
+from . import core
+from .base import Attack
 
-from .base import OneStepAttack, Prepared
 
-
-class StepLL(OneStepAttack):
+class StepLL(Attack):
     name = "step_ll"
+    reuses_gradient = True
 
-    def _prepare(self, x, y, index) -> Prepared:
-        logits = self.forward(x)
-        y_ll = tf.argmin(logits, axis=1, output_type=tf.int64)
-        _, grad = self.gradient(x, y_ll)
-        return Prepared(x, logits, -tf.sign(grad))
+    def _direction_with_labels(self, x, y):
+        return core.step_ll_direction(self.model, x)

@@ -5,11 +5,13 @@
 
 * **concurrent** -- one :class:`~concurrent.futures.ThreadPoolExecutor` shared
   by all classes, standard library HTTP (``urllib.request``) only;
-* **strict about content** -- HTTP 200, ``image/*`` Content-Type, a minimum
-  body size, a full Pillow decode (truncated files are rejected), a
-  decompression-bomb limit checked on the header before decoding, a minimum
-  side, and rejection of Flickr's "photo unavailable" placeholders (redirect
-  URL patterns, known body hashes, near-uniform images);
+* **bounded in time** -- every attempt has a hard wall-clock ``deadline``
+  (:mod:`advpipe.data.http_fetch`), and a URL never takes longer than
+  ``deadline * (retries + 1)``, ``Retry-After`` waits included;
+* **strict about content** -- HTTP 200, ``image/*`` Content-Type, then
+  :func:`~advpipe.data.validate.validate_image_bytes` (size, pixel limits, a
+  memory-bounded decode, decode-level integrity, noise, placeholders) and
+  Flickr's placeholder redirect URLs;
 * **deterministic** -- for one class, the number of accepted plus in-flight
   URLs never exceeds the quota, and URLs are started in file order, so every
   started URL that turns out good can be accepted.  Hence the accepted set is
@@ -37,16 +39,18 @@ Outcome statuses and reasons (the ``reason`` column of the manifest):
     ``ssl_error``, ``placeholder_redirect``, ``content_type:<mime>`` (or
     ``content_type:missing``), ``too_large_bytes``, ``too_small_bytes``,
     ``placeholder_hash``, ``decode_error:<message>``, ``truncated``,
-    ``too_many_pixels``, ``too_small_side``, ``unsupported_mode:<mode>``,
-    ``placeholder_uniform``.
+    ``too_many_pixels``, ``decode_budget``, ``too_small_side``,
+    ``corrupt:<what>``, ``noise``, ``unsupported_mode:<mode>``,
+    ``placeholder_uniform``, ``placeholder_text``, and (never fetched)
+    ``cross_class_duplicate:<class>`` / ``cross_class_ambiguous``.
 ``error`` (transient, after ``retries`` retries; retried by a rerun when
 ``retry_errors``)
-    ``timeout``, ``connection_error`` (incl. DNS EAI_AGAIN; an unknown host
+    ``timeout``, ``deadline``, ``connection_error`` (incl. DNS EAI_AGAIN; an unknown host
     is the permanent ``dns_error``), ``http_429``, ``http_5xx`` codes.
 
 Process-global state is left alone: ``Image.MAX_IMAGE_PIXELS`` is never
-changed (the pixel limit is checked per call), the DecompressionBombWarning
-filter is installed only around ``Image.open`` under a lock and restored, and
+changed (the pixel limit is checked per call), warning filters are installed
+only around opening/decoding under a lock and restored, and
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is required to be False (RuntimeError
 otherwise) rather than being set.  ``placeholder_hashes`` is empty by
 default: the real Flickr placeholder files can't be fetched offline.
@@ -60,31 +64,27 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import http.client
 import logging
 import os
 import re
-import socket
-import ssl
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.parse
 import urllib.request
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 from PIL import Image
 
+from .http_fetch import FetchFailed, FetchSettings, build_opener, fetch, request_url
 from .images import to_rgb
-from .validate import (IMAGE_FORMATS, ImageInfo, ImageRejected, check_truncation_flag,
-                       validate_image_bytes)
+from .validate import (IMAGE_FORMATS, ImageInfo, ImageRejected, ValidationSettings,
+                       check_truncation_flag, validate_image_bytes)
 
 __all__ = [
     "DEFAULT_PLACEHOLDER_URL_PATTERNS",
@@ -134,11 +134,10 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 MANIFEST_NAME = "manifest.csv"
 
 ACCEPTED, REJECTED, ERROR = "accepted", "rejected", "error"
+#: Values of ``download_classes(cross_class=...)``.
+CROSS_CLASS_RULES: tuple[str, ...] = ("first", "reject")
 _STATUSES = (ACCEPTED, REJECTED, ERROR)
 
-_CHUNK = 1 << 16
-#: Characters left as they are when re-quoting a URL's path and query.
-_SAFE_URL_CHARS = "/%:@!$&'()*+,;=~?"
 _SAFE_DIR_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -158,161 +157,16 @@ class _EntryLike(Protocol):
     def line_no(self) -> int: ...
 
 
-# --------------------------------------------------------------------------
-# HTTP
-# --------------------------------------------------------------------------
-
-
-class _FetchFailed(Exception):
-    """A fetch attempt failed; ``transient`` failures may be retried."""
-
-    def __init__(self, reason: str, transient: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.transient = transient
-
-
-class _RedirectHandler(urllib.request.HTTPRedirectHandler):
-    """Follows at most ``max_redirections`` redirects."""
-
-    def __init__(self, max_redirections: int) -> None:
-        super().__init__()
-        self.max_redirections = max_redirections
-        self.max_repeats = min(self.max_repeats, max_redirections)
-
-
-def _build_opener(max_redirects: int) -> urllib.request.OpenerDirector:
-    """An http/https-only opener (no file://, ftp://, data:) with capped redirects."""
-    opener = urllib.request.OpenerDirector()
-    for handler in (
-        urllib.request.ProxyHandler(),  # honours http(s)_proxy / no_proxy
-        urllib.request.UnknownHandler(),
-        urllib.request.HTTPHandler(),
-        urllib.request.HTTPSHandler(),
-        urllib.request.HTTPDefaultErrorHandler(),
-        _RedirectHandler(max_redirects),
-        urllib.request.HTTPErrorProcessor(),
-    ):
-        opener.add_handler(handler)
-    return opener
-
-
-def _request_url(url: str) -> str:
-    """Percent-encode a listed URL for sending (non-ASCII, spaces); drop the fragment.
-
-    Raises:
-        _FetchFailed: ``invalid_url`` for non-http(s) or unparsable URLs.
-    """
-    try:
-        parts = urllib.parse.urlsplit(url.strip())
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise ValueError("not an http(s) URL")
-        netloc = parts.netloc
-        if not netloc.isascii():
-            netloc = parts.hostname.encode("idna").decode("ascii")
-            if parts.port is not None:
-                netloc = f"{netloc}:{parts.port}"
-        path = urllib.parse.quote(parts.path or "/", safe=_SAFE_URL_CHARS)
-        query = urllib.parse.quote(parts.query, safe=_SAFE_URL_CHARS)
-        return urllib.parse.urlunsplit((parts.scheme.lower(), netloc, path, query, ""))
-    except (ValueError, UnicodeError):
-        raise _FetchFailed("invalid_url", transient=False) from None
-
-
-def _classify_exception(exc: BaseException) -> tuple[str, bool]:
-    """Map a urllib/socket exception to ``(reason, transient)``."""
-    if isinstance(exc, urllib.error.HTTPError):
-        code = exc.code
-        if 300 <= code < 400:
-            if "infinite loop" in str(exc.msg):
-                return "too_many_redirects", False
-            return "redirect_error", False
-        return f"http_{code}", code == 429 or 500 <= code < 600
-    if isinstance(exc, urllib.error.URLError):
-        inner = exc.reason
-        if isinstance(inner, BaseException):
-            return _classify_exception(inner)
-        if "unknown url type" in str(inner):
-            return "invalid_url", False
-        return "connection_error", True
-    if isinstance(exc, TimeoutError):  # socket.timeout is an alias
-        return "timeout", True
-    if isinstance(exc, socket.gaierror):
-        temporary = exc.errno == getattr(socket, "EAI_AGAIN", object())
-        return ("connection_error", True) if temporary else ("dns_error", False)
-    if isinstance(exc, ssl.SSLError):
-        return "ssl_error", False
-    if isinstance(exc, ValueError):  # includes http.client.InvalidURL, UnicodeError
-        return "invalid_url", False
-    if isinstance(exc, (http.client.HTTPException, OSError)):
-        return "connection_error", True
-    return f"fetch_error:{type(exc).__name__}", False
-
-
 @dataclass(frozen=True)
 class _Settings:
     """All knobs of one :func:`download_classes` call (validated there)."""
 
-    timeout: float
+    fetch: FetchSettings
     retries: int
     backoff: float
-    min_bytes: int
-    min_side: int
-    max_pixels: int
-    max_bytes: int
-    transfer_timeout: float
-    user_agent: str
-    placeholder_url_patterns: tuple[re.Pattern[str], ...]
-    placeholder_hashes: frozenset[str]
-    uniform_std: float
-    placeholder_max_colors: int
-
-
-def _fetch(opener: urllib.request.OpenerDirector, url: str, settings: _Settings) -> bytes:
-    """One HTTP attempt; returns the body of an acceptable response.
-
-    Raises:
-        _FetchFailed: with the reason and whether it is transient.
-    """
-    request = urllib.request.Request(
-        url, headers={"User-Agent": settings.user_agent, "Accept": "image/*,*/*;q=0.5"}
-    )
-    started = time.monotonic()
-    try:
-        with opener.open(request, timeout=settings.timeout) as response:
-            final_url = response.geturl()
-            if any(p.search(final_url) for p in settings.placeholder_url_patterns):
-                raise _FetchFailed("placeholder_redirect", transient=False)
-            if response.status != 200:
-                raise _FetchFailed(f"http_{response.status}", transient=False)
-            content_type = response.headers.get("Content-Type")
-            mime = content_type.split(";", 1)[0].strip().lower() if content_type else ""
-            if not mime:
-                raise _FetchFailed("content_type:missing", transient=False)
-            if not mime.startswith("image/"):
-                raise _FetchFailed(f"content_type:{mime}", transient=False)
-            length = response.headers.get("Content-Length")
-            if length and length.strip().isdigit() and int(length) > settings.max_bytes:
-                raise _FetchFailed("too_large_bytes", transient=False)
-            chunks: list[bytes] = []
-            size = 0
-            while chunk := response.read(_CHUNK):
-                size += len(chunk)
-                if size > settings.max_bytes:
-                    raise _FetchFailed("too_large_bytes", transient=False)
-                if time.monotonic() - started > settings.transfer_timeout:
-                    raise _FetchFailed("timeout", transient=True)
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except _FetchFailed:
-        raise
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        reason, transient = _classify_exception(exc)
-        raise _FetchFailed(reason, transient) from None
-    except Exception as exc:
-        reason, transient = _classify_exception(exc)
-        raise _FetchFailed(reason, transient) from None
+    deadline: float
+    max_retry_after: float
+    validation: ValidationSettings
 
 
 # --------------------------------------------------------------------------
@@ -383,35 +237,36 @@ def _process(
         return _Outcome(entry, status, reason, elapsed_s=elapsed, **fields)  # type: ignore[arg-type]
 
     attempts = 0
+    # The URL's whole budget: ``deadline`` per attempt, waits included.
+    budget_end = started + settings.deadline * (settings.retries + 1)
     try:
-        url = _request_url(entry.url)
+        url = request_url(entry.url)
         while True:
             attempts += 1
+            limit = min(settings.deadline, budget_end - time.monotonic())
             try:
-                body = _fetch(opener, url, settings)
+                if limit <= 0:
+                    raise FetchFailed("deadline", transient=True)
+                body = fetch(opener, url, settings.fetch, limit)
                 break
-            except _FetchFailed as failure:
+            except FetchFailed as failure:
                 if not failure.transient:
                     raise
                 if attempts > settings.retries or stop.is_set():
                     raise
                 delay = settings.backoff * 2 ** (attempts - 1)
+                if failure.retry_after is not None:
+                    delay = max(delay, min(failure.retry_after, settings.max_retry_after))
+                if time.monotonic() + delay >= budget_end:
+                    raise  # no time left for another attempt
                 if stop.wait(delay):  # interrupted while backing off
                     raise
-    except _FetchFailed as failure:
+    except FetchFailed as failure:
         status = ERROR if failure.transient else REJECTED
         return outcome(status, failure.reason, attempts=attempts)
 
     try:
-        rgb, info = validate_image_bytes(
-            body,
-            min_bytes=settings.min_bytes,
-            min_side=settings.min_side,
-            max_pixels=settings.max_pixels,
-            placeholder_hashes=settings.placeholder_hashes,
-            uniform_std=settings.uniform_std,
-            placeholder_max_colors=settings.placeholder_max_colors,
-        )
+        rgb, info = validate_image_bytes(body, settings.validation)
     except ImageRejected as rejection:
         return outcome(REJECTED, rejection.reason, bytes=len(body), attempts=attempts)
 
@@ -421,8 +276,8 @@ def _process(
         ACCEPTED,
         file=relative,
         bytes=info.bytes,
-        width=info.width,
-        height=info.height,
+        width=rgb.width,
+        height=rgb.height,
         attempts=attempts,
     )
 
@@ -535,6 +390,9 @@ class ClassReport:
         skipped_rejected: URLs not fetched because the manifest holds a
             permanent rejection for them.
         duplicates: repeated URLs in the class list (ignored).
+        cross_class: URLs not fetched for this class because another class
+            lists them too (see ``cross_class`` of :func:`download_classes`);
+            also counted in ``reasons``.
         reasons: this run's rejection/error reasons with counts.
         files: the accepted images, in list order.
     """
@@ -550,6 +408,7 @@ class ClassReport:
     errors: int = 0
     skipped_rejected: int = 0
     duplicates: int = 0
+    cross_class: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     files: list[AcceptedImage] = field(default_factory=list)
 
@@ -572,6 +431,7 @@ class ClassReport:
             "errors": self.errors,
             "skipped_rejected": self.skipped_rejected,
             "duplicates": self.duplicates,
+            "cross_class": self.cross_class,
             "reasons": dict(sorted(self.reasons.items())),
         }
 
@@ -605,7 +465,8 @@ class DownloadReport:
 
     def totals(self) -> dict[str, int]:
         """Counts summed over classes."""
-        keys = ("accepted", "resumed", "requested", "rejected", "errors", "skipped_rejected", "duplicates")
+        keys = ("accepted", "resumed", "requested", "rejected", "errors", "skipped_rejected", "duplicates",
+                "cross_class")
         sums = {k: sum(getattr(c, k) for c in self.classes.values()) for k in keys}
         sums["quota"] = self.quota * len(self.classes)
         sums["classes"] = len(self.classes)
@@ -683,6 +544,7 @@ def _prepare_class(
     previous: Mapping[tuple[int, str], Mapping[str, str]],
     manifest: _ManifestWriter,
     retry_errors: bool,
+    excluded: Mapping[str, str],
 ) -> _ClassState:
     """Apply earlier outcomes to a class and queue the URLs still to try."""
     wnid = next((e.wnid for e in entries if e.wnid), None)
@@ -697,6 +559,14 @@ def _prepare_class(
             )
         if entry.url in order:
             report.duplicates += 1
+            continue
+        if entry.url in excluded:  # listed under another class too
+            report.cross_class += 1
+            reason = excluded[entry.url]
+            row = previous.get((class_index, entry.url))
+            if row is None or (row["status"], row["reason"]) != (REJECTED, reason):
+                manifest.write(_Outcome(entry, REJECTED, reason))
+            report.reasons[reason] += 1
             continue
         order[entry.url] = len(order)
         report.available += 1
@@ -726,6 +596,37 @@ def _prepare_class(
     return _ClassState(report, queue, order)
 
 
+def _cross_class_exclusions(
+    entries_by_class: Mapping[int, Sequence[_EntryLike]], rule: str
+) -> dict[int, dict[str, str]]:
+    """Per class, the URLs it must not fetch because another class lists them too.
+
+    ``first``: the owner is the class of the URL's first occurrence (lowest
+    line number, then the order of ``entries_by_class``); the others get
+    ``cross_class_duplicate:<owner>``.  ``reject``: every class gets
+    ``cross_class_ambiguous``.
+    """
+    first_seen: dict[str, tuple[int, int, int]] = {}  # url -> (line_no, class order, class)
+    classes_of: dict[str, set[int]] = {}
+    for order, (class_index, entries) in enumerate(entries_by_class.items()):
+        for entry in entries:
+            key = (entry.line_no, order, int(class_index))
+            if entry.url not in first_seen or key < first_seen[entry.url]:
+                first_seen[entry.url] = key
+            classes_of.setdefault(entry.url, set()).add(int(class_index))
+    excluded: dict[int, dict[str, str]] = {int(c): {} for c in entries_by_class}
+    for url, classes in classes_of.items():
+        if len(classes) < 2:
+            continue
+        owner = first_seen[url][2]
+        for class_index in classes:
+            if rule == "reject":
+                excluded[class_index][url] = "cross_class_ambiguous"
+            elif class_index != owner:
+                excluded[class_index][url] = f"cross_class_duplicate:{owner}"
+    return excluded
+
+
 def _clean_temp_files(out_dir: Path) -> int:
     removed = 0
     for stray in out_dir.rglob("*.tmp"):
@@ -744,20 +645,19 @@ def download_classes(
     timeout: float = 10.0,
     retries: int = 2,
     backoff: float = 0.5,
-    min_bytes: int = 2048,
-    min_side: int = 64,
-    max_pixels: int = 89_478_485,
     max_bytes: int = 50_000_000,
-    transfer_timeout: float = 60.0,
+    deadline: float = 60.0,
+    max_retry_after: float = 30.0,
     max_redirects: int = 5,
     user_agent: str = DEFAULT_USER_AGENT,
     placeholder_url_patterns: Sequence[str] = DEFAULT_PLACEHOLDER_URL_PATTERNS,
     placeholder_hashes: Collection[str] = frozenset(),
-    uniform_std: float = 4.0,
-    placeholder_max_colors: int = 8,
+    validation: ValidationSettings | None = None,
+    cross_class: str = "first",
     retry_errors: bool = True,
     progress: Callable[[ProgressEvent], None] | None = None,
     log_every: int = 200,
+    **checks: object,
 ) -> DownloadReport:
     """Download up to ``quota`` validated images per class (see module docstring).
 
@@ -769,18 +669,32 @@ def download_classes(
         workers: concurrent HTTP requests.
         timeout: socket timeout per request (connect / each read), seconds.
         retries: extra attempts after a transient failure (timeout,
-            connection error, HTTP 429/5xx); delays ``backoff * 2**k``.
-        min_bytes, min_side, max_pixels, uniform_std, placeholder_max_colors:
-            see :func:`validate_image_bytes`.
+            deadline, connection error, HTTP 429/5xx); delays
+            ``backoff * 2**k``, or the server's ``Retry-After`` when longer
+            (capped at ``max_retry_after`` seconds).
         max_bytes: larger bodies are rejected (``too_large_bytes``).
-        transfer_timeout: wall-clock limit for one attempt's body transfer.
+        deadline: hard wall-clock limit of one attempt (connect, headers and
+            body; see :mod:`advpipe.data.http_fetch`).  A URL never takes
+            longer than ``deadline * (retries + 1)`` to fetch, waits included:
+            a retry that would not start within that budget is not made.
+        max_retry_after: cap, in seconds, on a ``Retry-After`` wait.
         max_redirects: redirects followed per request.
         user_agent: the User-Agent header.
         placeholder_url_patterns: regexes searched (case-insensitively) in the
             final URL after redirects -> ``placeholder_redirect``.
         placeholder_hashes: sha256 hex digests of known placeholder bodies ->
-            ``placeholder_hash``.  Empty by default: the real Flickr
-            placeholders cannot be fetched offline; add their digests when known.
+            ``placeholder_hash`` (added to ``validation``).  Empty by default:
+            the real Flickr placeholders cannot be fetched offline.
+        validation: image checks (:class:`~advpipe.data.validate.ValidationSettings`;
+            defaults when None).
+        **checks: fields of ``validation`` to override (e.g. ``min_bytes``,
+            ``min_side``, ``max_pixels``; see :func:`validate_image_bytes`).
+        cross_class: what to do with a URL listed under several classes:
+            ``"first"`` fetches it once, for the class of its first occurrence
+            (lowest line number, then class order), and records it as
+            ``rejected``/``cross_class_duplicate:<class>`` under the others;
+            ``"reject"`` fetches it for none and records
+            ``cross_class_ambiguous`` under every class.
         retry_errors: refetch URLs whose manifest row is a transient ``error``.
         progress: called with a :class:`ProgressEvent` after every URL outcome
             (in the calling thread; an exception it raises, e.g.
@@ -801,28 +715,36 @@ def download_classes(
         raise ValueError(f"quota must be >= 0, got {quota}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if timeout <= 0 or transfer_timeout <= 0:
-        raise ValueError("timeout and transfer_timeout must be > 0")
-    if retries < 0 or backoff < 0:
-        raise ValueError("retries and backoff must be >= 0")
-    if max_redirects < 0 or max_pixels < 1 or max_bytes < 1 or min_side < 0:
-        raise ValueError("max_redirects/min_side must be >= 0 and max_pixels/max_bytes >= 1")
+    if timeout <= 0 or deadline <= 0:
+        raise ValueError("timeout and deadline must be > 0")
+    if retries < 0 or backoff < 0 or max_retry_after < 0:
+        raise ValueError("retries, backoff and max_retry_after must be >= 0")
+    if max_redirects < 0 or max_bytes < 1:
+        raise ValueError("max_redirects must be >= 0 and max_bytes >= 1")
+    if cross_class not in CROSS_CLASS_RULES:
+        raise ValueError(f"cross_class must be one of {CROSS_CLASS_RULES}, got {cross_class!r}")
     check_truncation_flag()
 
+    try:
+        validation = replace(validation or ValidationSettings(), **checks)
+    except TypeError as exc:
+        raise ValueError(f"unknown validation setting: {exc}") from None
+    if placeholder_hashes:
+        validation = replace(validation, placeholder_hashes=validation.placeholder_hashes
+                             | frozenset(h.lower() for h in placeholder_hashes))
+    validation.check()
     settings = _Settings(
-        timeout=float(timeout),
+        fetch=FetchSettings(
+            timeout=float(timeout),
+            max_bytes=int(max_bytes),
+            user_agent=user_agent,
+            placeholder_url_patterns=tuple(re.compile(p, re.IGNORECASE) for p in placeholder_url_patterns),
+        ),
         retries=int(retries),
         backoff=float(backoff),
-        min_bytes=int(min_bytes),
-        min_side=int(min_side),
-        max_pixels=int(max_pixels),
-        max_bytes=int(max_bytes),
-        transfer_timeout=float(transfer_timeout),
-        user_agent=user_agent,
-        placeholder_url_patterns=tuple(re.compile(p, re.IGNORECASE) for p in placeholder_url_patterns),
-        placeholder_hashes=frozenset(h.lower() for h in placeholder_hashes),
-        uniform_std=float(uniform_std),
-        placeholder_max_colors=int(placeholder_max_colors),
+        deadline=float(deadline),
+        max_retry_after=float(max_retry_after),
+        validation=validation,
     )
     started = time.monotonic()
     out_dir = Path(out_dir)
@@ -837,9 +759,11 @@ def download_classes(
     states: dict[int, _ClassState] = {}
     report = DownloadReport(quota, out_dir, manifest_path, {})
     try:
+        excluded = _cross_class_exclusions(entries_by_class, cross_class)
         for class_index, entries in entries_by_class.items():
             state = _prepare_class(
-                int(class_index), entries, quota, out_dir, previous, manifest, retry_errors
+                int(class_index), entries, quota, out_dir, previous, manifest, retry_errors,
+                excluded[int(class_index)],
             )
             states[int(class_index)] = state
             report.classes[int(class_index)] = state.report
@@ -873,7 +797,7 @@ def download_classes(
                     class_report.errors += 1
             return state
 
-        opener = _build_opener(max_redirects)
+        opener = build_opener(max_redirects)
         stop = threading.Event()
         in_flight: dict[Future[_Outcome], int] = {}
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download") as pool:

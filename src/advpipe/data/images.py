@@ -1,8 +1,10 @@
 """Image conversion, resizing and on-disk image sets.
 
-Resizing (``to_square``): scale the *short* side to ``size`` and take the centre
-``size x size`` crop (Pillow's ``ImageOps.fit``), so the aspect ratio is kept and
-nothing is stretched. The resampling filter is a parameter (bicubic by default).
+Resizing (``to_square``), the standard ImageNet evaluation preprocessing: scale the
+*short* side to ``round(size / crop_ratio)`` and take the centre ``size x size``
+crop, so the aspect ratio is kept and nothing is stretched (``crop_ratio`` 0.875:
+256 -> 224; ``crop_ratio`` 1.0: short side to ``size``, then the centre crop, via
+Pillow's ``ImageOps.fit``). The resampling filter is a parameter (bicubic by default).
 
 An image set on disk is a folder with ``images/*.png`` (lossless, uint8 RGB) and a
 ``manifest.csv`` with at least the columns ``file, label, wnid, name``; defense
@@ -63,21 +65,39 @@ def to_rgb(image: Image.Image) -> Image.Image:
         raise ValueError(f"unsupported_mode:{mode}") from exc
 
 
-def to_square(img: Image.Image, size: int = 224, resample: str = "bicubic") -> Image.Image:
-    """Short side to ``size``, then centre crop to ``size x size`` (RGB output)."""
+def to_square(img: Image.Image, size: int = 224, resample: str = "bicubic",
+              crop_ratio: float = 1.0) -> Image.Image:
+    """Short side to ``round(size / crop_ratio)``, then centre crop ``size x size`` (RGB).
+
+    ``crop_ratio`` 1.0 scales the short side to ``size`` (no border is cut from a square
+    image); the standard ImageNet evaluation uses 0.875 (short side 256, centre 224).
+    """
     if resample not in RESAMPLE:
         raise ValueError(f"resample must be one of {sorted(RESAMPLE)}, got {resample!r}")
+    if not 0 < crop_ratio <= 1:
+        raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio!r}")
     img = to_rgb(img)
-    if img.size == (size, size):
-        return img
-    return ImageOps.fit(img, (size, size), method=RESAMPLE[resample], centering=(0.5, 0.5))
+    short = max(size, round(size / crop_ratio))
+    if short == size:
+        if img.size == (size, size):
+            return img
+        return ImageOps.fit(img, (size, size), method=RESAMPLE[resample], centering=(0.5, 0.5))
+    width, height = img.size
+    scale = short / min(width, height)
+    new_w = short if width <= height else max(short, round(width * scale))
+    new_h = short if height < width else max(short, round(height * scale))
+    if (new_w, new_h) != img.size:
+        img = img.resize((new_w, new_h), RESAMPLE[resample])
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return img.crop((left, top, left + size, top + size))
 
 
-def load_square(path: str | Path, size: int = 224, resample: str = "bicubic") -> np.ndarray:
+def load_square(path: str | Path, size: int = 224, resample: str = "bicubic",
+                crop_ratio: float = 1.0) -> np.ndarray:
     """Open, fully decode, convert to RGB and resize one image file -> uint8 (size, size, 3)."""
     with Image.open(path) as img:
         img.load()
-        return np.asarray(to_square(img, size, resample), dtype=np.uint8)
+        return np.asarray(to_square(img, size, resample, crop_ratio), dtype=np.uint8)
 
 
 def to_unit_float(batch: np.ndarray) -> np.ndarray:

@@ -1,8 +1,9 @@
 """The offline default data source: the real ImageNet validation images bundled in Foolbox.
 
 Foolbox 3 ships 20 ILSVRC-2012 validation images at 224x224 with their labels
-(``foolbox/data/imagenet_<nn>_<label>.jpg``). They are what ``data.source: samples``
-uses, so the pipeline runs with no network at all.
+(``foolbox/data/imagenet_<nn>_<label>.jpg``). They are what the ``samples`` source
+(``data.attack_set.source`` / ``data.defense_set.source``) uses, so the pipeline runs
+with no network at all.
 """
 
 from __future__ import annotations
@@ -38,11 +39,12 @@ def sample_files() -> list[tuple[Path, int]]:
     return [(p, label) for _, p, label in sorted(found)]
 
 
-def load_samples(size: int = 224, resample: str = "bicubic") -> tuple[np.ndarray, pd.DataFrame]:
+def load_samples(size: int = 224, resample: str = "bicubic",
+                 crop_ratio: float = 1.0) -> tuple[np.ndarray, pd.DataFrame]:
     """All bundled images as uint8 (N, size, size, 3) and a manifest (label, wnid, name, source)."""
     classes = imagenet_classes()
     files = sample_files()
-    images = np.stack([load_square(p, size, resample) for p, _ in files])
+    images = np.stack([load_square(p, size, resample, crop_ratio) for p, _ in files])
     labels = [label for _, label in files]
     manifest = pd.DataFrame({
         "label": labels,

@@ -10,9 +10,14 @@ Two on-disk formats are understood:
     lines whose wnid is not in the mapping are skipped (and counted).
 
 ``csv``
-    A plain CSV ``url,class_index`` with an optional header line.  With a
-    header the columns are located by name (``url``, ``class_index`` and an
-    optional ``wnid``) and may come in any order.
+    A plain CSV ``url,class_index`` or ``class_index,url`` with an optional
+    header line.  With a header the columns are located by name (``url``,
+    ``class_index`` and an optional ``wnid``) and may come in any order;
+    without one, each row's order is recognised from which field is the URL.
+
+A leading UTF-8 byte-order mark is stripped (files are read as ``utf-8-sig``,
+and a ``\ufeff`` at the start of the first given line is removed), so it
+neither hides the first fall11 line nor the CSV header.
 
 The real ``fall11_urls.txt`` contains latin-1 junk, blank lines and malformed
 lines, so reading is tolerant: the file is decoded as UTF-8 with
@@ -58,6 +63,9 @@ _URL_SCHEME = re.compile(r"^https?://", re.IGNORECASE)
 _DETECT_LINES = 50
 #: How many malformed lines are kept as examples in :class:`ParseStats`.
 _MAX_BAD_EXAMPLES = 20
+#: How many malformed line numbers are kept in :class:`ParseStats`.
+_MAX_BAD_LINES = 1000
+_BOM = "\ufeff"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +98,7 @@ class ParseStats:
         skipped_unknown_wnid: fall11 lines whose wnid is not in the mapping.
         entries: entries produced.
         bad_examples: up to 20 ``(line_no, reason, line excerpt)`` tuples.
+        bad_lines: line numbers of the first 1000 malformed lines.
     """
 
     lines: int = 0
@@ -99,9 +108,12 @@ class ParseStats:
     skipped_unknown_wnid: int = 0
     entries: int = 0
     bad_examples: list[tuple[int, str, str]] = field(default_factory=list)
+    bad_lines: list[int] = field(default_factory=list)
 
     def _bad(self, line_no: int, reason: str, line: str) -> None:
         self.bad += 1
+        if len(self.bad_lines) < _MAX_BAD_LINES:
+            self.bad_lines.append(line_no)
         if len(self.bad_examples) < _MAX_BAD_EXAMPLES:
             self.bad_examples.append((line_no, reason, line[:200]))
 
@@ -115,6 +127,7 @@ class ParseStats:
             "skipped_unknown_wnid": self.skipped_unknown_wnid,
             "entries": self.entries,
             "bad_examples": [list(example) for example in self.bad_examples],
+            "bad_lines": list(self.bad_lines),
         }
 
 
@@ -146,7 +159,11 @@ def _looks_like_csv_header(line: str) -> bool:
 
 def _looks_like_csv_row(line: str) -> bool:
     row = next(csv.reader([line]), [])
-    return len(row) >= 2 and row[-1].strip().lstrip("+").isdigit()
+    if len(row) < 2:
+        return False
+    url_first = row[-1].strip().lstrip("+").isdigit()
+    index_first = row[0].strip().lstrip("+").isdigit() and bool(_URL_SCHEME.match(row[1].strip()))
+    return url_first or index_first
 
 
 def detect_format(lines: Iterable[str]) -> str:
@@ -154,7 +171,8 @@ def detect_format(lines: Iterable[str]) -> str:
 
     Looks at up to 50 non-blank lines: a majority of ``wnid_N<whitespace>url``
     lines means fall11; a ``url,...`` header or a majority of rows ending in an
-    integer field means CSV.
+    integer field (or starting with an integer field followed by a URL)
+    means CSV.
 
     Raises:
         ValueError: when neither format fits (or there are no non-blank lines).
@@ -268,10 +286,15 @@ def _parse_csv(
                 stats._bad(line_no, "missing_field", text)
                 continue
             # An unquoted URL containing commas splits into several fields:
-            # the class index is always the last one.
-            url = ",".join(row[:-1]).strip()
-            index = _parse_int(row[-1])
+            # the class index is the last field (url,class_index) or the
+            # first one (class_index,url).
             wnid = None
+            if not _URL_SCHEME.match(row[0].strip()) and _URL_SCHEME.match(row[1].strip()):
+                url = ",".join(row[1:]).strip()
+                index = _parse_int(row[0])
+            else:
+                url = ",".join(row[:-1]).strip()
+                index = _parse_int(row[-1])
         if index is None:
             stats._bad(line_no, "bad_class_index", text)
             continue
@@ -313,6 +336,9 @@ def parse_url_lines(
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     iterator = iter(lines)
+    first = next(iterator, None)
+    if first is not None:
+        iterator = itertools.chain([first.lstrip(_BOM)], iterator)
     if format == "auto":
         head = list(itertools.islice(iterator, _DETECT_LINES * 4))
         try:
@@ -340,7 +366,7 @@ def read_url_list(
     wnid_to_index: Mapping[str, int] | None = None,
     index_to_wnid: Mapping[int, str] | None = None,
 ) -> ParsedUrlList:
-    """Read and parse a URL-list file (streamed; UTF-8 with ``errors="replace"``).
+    """Read and parse a URL-list file (streamed; UTF-8 with ``errors="replace"``, BOM stripped).
 
     Lines are split on ``\\n`` only (a stray ``\\r`` inside latin-1 junk does
     not shift line numbers); a trailing ``\\r`` is stripped.  See
@@ -351,7 +377,7 @@ def read_url_list(
         ValueError: see :func:`parse_url_lines`.
     """
     path = Path(path)
-    with open(path, encoding="utf-8", errors="replace", newline="\n") as handle:
+    with open(path, encoding="utf-8-sig", errors="replace", newline="\n") as handle:
         return parse_url_lines(
             handle,
             format=format,

@@ -54,12 +54,18 @@ def build_model(name: str, *, weights: bool = True, weights_path: str | None = N
 
 def _keras_application(name: str, *, weights: bool, weights_path: str | None,
                        image_size: int) -> keras.Model:
-    app = {"resnet50": keras.applications.ResNet50, "vgg16": keras.applications.VGG16}[name]
     if image_size != 224:
         raise ValueError(f"model '{name}' with its ImageNet classifier needs image_size 224, "
                          f"got {image_size}")
     inputs = keras.Input((224, 224, 3), name="rgb_0_1")
     x = CaffePreprocess(name="caffe_preprocess")(inputs)
+    base = keras_base(name, weights=weights, weights_path=weights_path)
+    return keras.Model(inputs, base(x), name=name)
+
+
+def keras_base(name: str, *, weights: bool, weights_path: str | None) -> keras.Model:
+    """The Keras application ``name`` (caffe-preprocessed input, logits out), with weights."""
+    app = {"resnet50": keras.applications.ResNet50, "vgg16": keras.applications.VGG16}[name]
     try:
         if weights_path:
             path = Path(weights_path)
@@ -79,7 +85,41 @@ def _keras_application(name: str, *, weights: bool, weights_path: str | None,
             f"{exc}).\nWithout network, download '{KERAS_WEIGHT_FILES[name]}' elsewhere and "
             f"either place it in {target}/ or set model.weights_path to its path; or choose "
             f"the offline model 'efficientnet_lite0' (model.name in params.yaml).") from exc
-    return keras.Model(inputs, base(x), name=name)
+    return base
+
+
+#: Where each zoo model's feature extractor ends: the layer whose output feeds the classifier.
+FEATURE_LAYERS = {"efficientnet_lite": "avg_pool", "resnet50": "avg_pool", "vgg16": "block5_pool"}
+
+
+def build_trunk(name: str, *, weights: bool = True, weights_path: str | None = None,
+                image_size: int = 224, seed: int = 0) -> keras.Model:
+    """The ImageNet feature extractor of zoo model ``name``: RGB [0, 1] in, a feature vector out.
+
+    EfficientNet-Lite and ResNet50: the global-average-pooled features before the
+    classifier (1280 / 2048); VGG16: its last convolutional block, average-pooled (512).
+    Preprocessing stays inside, as for every model here. ``tiny`` (tests): the tiny
+    CNN without its last layer.
+    """
+    if name == "tiny":
+        full = tiny_model(image_size=image_size, seed=seed)
+        return keras.Model(full.input, full.layers[-2].output, name="trunk")
+    if name.startswith("efficientnet_lite"):
+        full = build_model(name, weights=weights, image_size=image_size)
+        return keras.Model(full.input, full.get_layer("avg_pool").output, name="trunk")
+    if name in KERAS_WEIGHT_FILES:
+        if image_size != 224:
+            raise ValueError(f"trunk '{name}' needs image_size 224, got {image_size}")
+        base = keras_base(name, weights=weights, weights_path=weights_path)
+        features = base.get_layer(FEATURE_LAYERS[name]).output
+        if name == "vgg16":
+            features = keras.layers.GlobalAveragePooling2D(name="avg_pool")(features)
+        body = keras.Model(base.input, features, name=f"{name}_features")
+        inputs = keras.Input((224, 224, 3), name="rgb_0_1")
+        return keras.Model(inputs, body(CaffePreprocess(name="caffe_preprocess")(inputs)),
+                           name="trunk")
+    raise ValueError(f"unknown trunk '{name}'; choose one of efficientnet_lite0, "
+                     "efficientnet_lite1, efficientnet_lite2, resnet50, vgg16, tiny")
 
 
 def tiny_model(image_size: int = 32, num_classes: int = 10, seed: int = 0) -> keras.Model:

@@ -1,0 +1,79 @@
+"""Heuristics for the placeholder images that dead photo links serve.
+
+All work on a thumbnail of at most :data:`STAT_SIDE` pixels per side (box
+filter), in 0-255 RGB, and return a rejection reason or None.
+
+``placeholder_uniform``
+    every channel's standard deviation below ``uniform_std``, or at most
+    ``max_colors`` distinct colours (a blank or flat-shaded image).
+``placeholder_text``
+    text (and small icons) on a uniform background, e.g. Flickr's "This photo
+    is no longer available": the dominant colour -- the most common colour
+    after 16-level quantisation, widened to every pixel within
+    ``background_tolerance`` (max channel difference) of it -- covers at least
+    ``background_fraction`` of the image, *and* the rest (the foreground) is
+    thin strokes: at least ``edge_ratio`` of the foreground pixels touch the
+    background (4-neighbourhood).  A product shot on a plain background also
+    has a dominant colour, but its foreground is a compact object whose
+    pixels are mostly interior (a boundary share of a few percent), so it
+    passes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageStat
+
+__all__ = ["STAT_SIDE", "placeholder_reason"]
+
+#: Longest side of the thumbnail the heuristics look at.
+STAT_SIDE = 256
+
+
+def _thumbnail(rgb: Image.Image) -> Image.Image:
+    width, height = rgb.size
+    scale = min(1.0, STAT_SIDE / max(width, height))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return rgb if size == rgb.size else rgb.resize(size, Image.Resampling.BOX)
+
+
+def _is_uniform(small: Image.Image, uniform_std: float, max_colors: int) -> bool:
+    if uniform_std > 0 and max(ImageStat.Stat(small).stddev) < uniform_std:
+        return True
+    return max_colors > 0 and small.getcolors(maxcolors=max_colors) is not None
+
+
+def _is_text_on_background(small: Image.Image, background_fraction: float,
+                           background_tolerance: int, edge_ratio: float) -> bool:
+    pixels = np.asarray(small, dtype=np.int16)
+    quantised = (pixels // 16).reshape(-1, 3)
+    keys = quantised[:, 0] * 256 + quantised[:, 1] * 16 + quantised[:, 2]
+    dominant = np.bincount(keys).argmax()
+    mask = keys == dominant
+    colour = pixels.reshape(-1, 3)[mask].mean(axis=0)
+    background = (np.abs(pixels - colour).max(axis=2) <= background_tolerance)
+    if background.mean() < background_fraction:
+        return False
+    foreground = ~background
+    count = int(foreground.sum())
+    if count == 0:
+        return True  # all background: uniform
+    padded = np.pad(background, 1, constant_values=False)
+    touches = (padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:])
+    return float((foreground & touches).sum()) / count >= edge_ratio
+
+
+def placeholder_reason(rgb: Image.Image, *, uniform_std: float, max_colors: int,
+                       background_fraction: float, background_tolerance: int,
+                       edge_ratio: float) -> str | None:
+    """``placeholder_uniform``, ``placeholder_text`` or None (see the module docstring).
+
+    ``background_fraction`` > 1 disables the text check.
+    """
+    small = _thumbnail(rgb)
+    if _is_uniform(small, uniform_std, max_colors):
+        return "placeholder_uniform"
+    if background_fraction <= 1 and _is_text_on_background(
+            small, background_fraction, background_tolerance, edge_ratio):
+        return "placeholder_text"
+    return None

@@ -1,0 +1,132 @@
+"""Train one defense model by name, as ``params.yaml`` configures it.
+
+``train_defense(name, params, ...)`` builds (or, for fine-tuning methods, loads the
+clean head), runs :class:`~advpipe.defenses.training.Trainer` with the method's
+loss, keeps the best epoch on disk and returns what the stage writes: learning
+curves, metrics (with label leaking for adversarial training) and timings.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from ..attacks.registry import build_attack
+from ..evaluation import Timer, accuracy, compiled_forward, predict_logits
+from .model import build_defense_model, head_of, load_model, save_model, trunk_of
+from .registry import DEFENSES, model_path
+from .training import CleanLoss, TrainConfig, Trainer
+
+
+def make_method(name: str, model, params: Mapping):
+    """The loss of defense ``name`` on ``model`` (attacks built on the model being trained)."""
+    entry = DEFENSES[name]
+    group = params["defense"][entry.params_group]
+    if entry.method == "clean":
+        return CleanLoss()
+    if entry.method == "kurakin":
+        from .adversarial import AdversarialTraining
+
+        attack = build_attack(entry.attack, model, params, labels=group["labels"])
+        return AdversarialTraining(attack, adversarial_fraction=group["adversarial_fraction"],
+                                   lam=group["lambda"], eps_stddev=group["eps_stddev"],
+                                   eps_max=group["eps_max"], seed=params["seed"])
+    raise ValueError(f"no training method '{entry.method}'")
+
+
+def _features(trunk, images, batch_size):
+    forward = compiled_forward(trunk)
+    return predict_logits(trunk, images, batch_size, forward=forward)
+
+
+def train_defense(name: str, params: Mapping, train: tuple, val: tuple, classes: list[int], *,
+                  strategy=None, log: Callable[[str], None] = print) -> dict:
+    """Train defense ``name``; the best model is at ``models/defense/<name>.keras``."""
+    entry = DEFENSES[name]
+    model_params = params["defense"]["model"]
+    group = params["defense"][entry.params_group]
+    cfg = TrainConfig.from_params(group, seed=params["seed"])
+    strategy = strategy or tf.distribute.get_strategy()
+    blocks = model_params["trainable_blocks"]
+    with strategy.scope():
+        if entry.method == "clean":
+            model = build_defense_model(
+                model_params["trunk"], len(classes), hidden_units=model_params["hidden_units"],
+                dropout=model_params["dropout"], trainable_blocks=blocks,
+                image_size=params["data"]["image_size"], weights_path=model_params["weights_path"],
+                seed=params["seed"])
+        else:
+            model = load_model(model_path("clean"), trainable_blocks=blocks)
+    (x_train, y_train), (x_val, y_val) = train, val
+    path = model_path(name)
+    info = {"name": name, "method": entry.method, "attack": entry.attack, "classes": classes,
+            "trunk": model_params["trunk"], "trainable_blocks": blocks,
+            "input": "RGB float32 in [0, 1], NHWC", "output": "logits over classes"}
+    timer = Timer()
+    with timer:
+        if entry.method == "clean" and blocks == 0:
+            # frozen trunk: cache its features once and train the head on them
+            log(f"[{name}] caching trunk features of {len(x_train)} + {len(x_val)} images")
+            trunk = trunk_of(model)
+            f_train = _features(trunk, x_train, cfg.batch_size)
+            f_val = _features(trunk, x_val, cfg.batch_size)
+            target, inputs, to_input = head_of(model), f_train, (lambda a: a)
+            head_forward = compiled_forward(target)
+            evaluate = lambda: accuracy(  # noqa: E731
+                predict_logits(target, f_val, 256, forward=head_forward), y_val)["top1"]
+        else:
+            target, inputs, to_input = model, x_train, None
+            forward = compiled_forward(model)
+            evaluate = lambda: accuracy(  # noqa: E731
+                predict_logits(model, x_val, cfg.batch_size, forward=forward), y_val)["top1"]
+        method = make_method(name, model, params)
+        kwargs = {"to_input": to_input} if to_input else {}
+        trainer = Trainer(target, method, cfg, strategy=strategy, evaluate=evaluate,
+                          save=lambda epoch: save_model(model, path, {**info, "best_epoch": epoch}),
+                          log=log, **kwargs)
+        history = trainer.fit(inputs, y_train)
+    best = load_model(path)
+    metrics = {"model": name, "classes": classes, "n_train": int(len(x_train)),
+               "n_val": int(len(x_val)), "best_epoch": history.best_epoch,
+               "best_val_top1": history.best_val, "epochs_run": len(history.rows),
+               "steps": history.steps, "stopped_early": history.stopped_early}
+    if entry.method == "kurakin":
+        metrics["label_leaking"] = label_leaking(best, params, entry.attack, x_train, y_train,
+                                                 params["defense"][entry.params_group])
+        log(f"[{name}] label leaking check (train split): {metrics['label_leaking']}")
+    return {"metrics": metrics, "curves": [{"model": name, **r} for r in history.rows],
+            "timings": {"train_seconds": round(timer.seconds, 2),
+                        "seconds_per_step": round(history.seconds_per_step, 4),
+                        "epochs": [r["seconds"] for r in history.rows]}}
+
+
+def label_leaking(model, params, attack_name: str, images, labels, group, batch_size=32) -> dict:
+    """Kurakin et al.'s label-leaking check on the training images.
+
+    Top-1 on clean images and on the training attack's examples (per-example ε drawn
+    as in training) made with the true labels and with the model's predictions. With
+    leaking, accuracy on true-label examples exceeds clean accuracy.
+    """
+    from ..attacks.base import example_seeds
+    from .adversarial import sample_epsilons
+
+    forward = compiled_forward(model)
+    out = {}
+    eps_all = sample_epsilons(len(images), tf.constant([params["seed"], 7], tf.int64),
+                              group["eps_stddev"], group["eps_max"]).numpy()
+    clean = predict_logits(model, images, batch_size, forward=forward)
+    out["clean_top1"] = accuracy(clean, labels)["top1"]
+    for mode in ("ground_truth", "predicted"):
+        generate = tf.function(build_attack(attack_name, model, params, labels=mode).generate)
+        preds = []
+        for start in range(0, len(images), batch_size):
+            x = tf.constant(images[start:start + batch_size].astype(np.float32) / 255.0)
+            y = tf.constant(labels[start:start + batch_size])
+            eps = tf.constant(eps_all[start:start + batch_size])
+            seeds = example_seeds(params["seed"], np.arange(start, start + len(x)))
+            preds.append(forward(generate(x, y, eps, seeds)).numpy())
+        out[f"adv_top1_{mode}_labels"] = accuracy(np.concatenate(preds), labels)["top1"]
+    out["leaking"] = bool(out["adv_top1_ground_truth_labels"] > out["clean_top1"])
+    return out

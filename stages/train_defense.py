@@ -1,0 +1,36 @@
+"""Stage 'train_clean' / 'train@<defense>': train one defense model.
+
+Usage: python stages/train_defense.py {clean,kurakin_step_ll,kurakin_fgsm,...}
+Writes models/defense/<name>.keras (+ .json), metrics/defense/train/<name>.json,
+plots/defense/curves/<name>.csv and timings/train_<name>.json.
+"""
+
+import sys
+
+import common
+from advpipe.defenses.registry import DEFENSES
+from advpipe.reporting import write_json, write_rows_csv
+
+
+def main(name: str) -> None:
+    p = common.params()
+    train_x, train_y, _, classes = common.defense_split("train")
+    val_x, val_y, _, _ = common.defense_split("val", classes)
+    if len(train_x) == 0 or len(val_x) == 0:
+        sys.exit(f"error: the defense set has {len(train_x)} train and {len(val_x)} val images; "
+                 "training needs both (data.defense_set.split)")
+    common.log(f"{name}: {len(classes)} classes {classes}, {len(train_x)} train / "
+               f"{len(val_x)} val images")
+    from advpipe.defenses.fit import train_defense
+
+    out = common.guard(lambda: train_defense(name, p, (train_x, train_y), (val_x, val_y),
+                                             classes, log=common.log))
+    write_json(f"metrics/defense/train/{name}.json", out["metrics"])
+    write_rows_csv(f"plots/defense/curves/{name}.csv", out["curves"])
+    common.timings(f"train_{name}", out["timings"])
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in DEFENSES:
+        sys.exit(f"usage: python stages/train_defense.py {{{','.join(DEFENSES)}}}")
+    main(sys.argv[1])
