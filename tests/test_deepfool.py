@@ -102,7 +102,8 @@ def test_targeted_reaches_the_target_along_its_own_w(tiny, batch):
         taken = choices[i][choices[i] >= 0]
         assert len(taken) == info["steps"].numpy()[i] and (taken == target[i]).all()
 
-    # one step: r = (1 + overshoot)(|f'_t| / ||w_t|| + 1e-4) / ||w_t|| * w_t, w_t = grad(f_t - f_pred)
+    # one step: r = (1 + overshoot)(|f'_t| / ||w_t|| + 1e-4) / ||w_t|| * w_t,
+    # w_t = grad(f_t - f_pred)
     _, r1 = deepfool_tf(model_fn, x, steps=1, candidates=10, overshoot=0.02,
                         targets=tf.constant(target))
     rows = np.arange(1, len(target))
