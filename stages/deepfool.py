@@ -1,4 +1,4 @@
-"""Stage 'deepfool': DeepFool (Foolbox) on the attack set -> success rate, accuracy, rho_2."""
+"""Stage 'deepfool': our compiled DeepFool on the attack set -> success, accuracy, rho_2."""
 
 import common
 from advpipe.attacks import deepfool
