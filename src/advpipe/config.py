@@ -247,8 +247,14 @@ SCHEMA: dict[str, Rule] = {
     "defense.model.trainable_blocks": integer(0, 100),
     "defense.model.hidden_units": int_list(1, 65536, unique=False),
     "defense.model.dropout": number(0, 1),
-    **{f"defense.{group}.{key}": rule for group in ("clean", "kurakin")
+    **{f"defense.{group}.{key}": rule for group in ("clean", "kurakin", "deep_defense")
        for key, rule in TRAIN_RULES.items()},
+    "defense.deep_defense.mu": number(0),
+    "defense.deep_defense.c": number(0),
+    "defense.deep_defense.d": number(0),
+    "defense.deep_defense.steps": integer(1, 100),
+    "defense.deep_defense.overshoot": number(0),
+    "defense.deep_defense.candidates": integer(2, 1000),
     "defense.kurakin.adversarial_fraction": number(0, 1, lo_open=True),
     "defense.kurakin.lambda": number(0, lo_open=True),
     "defense.kurakin.eps_stddev": number(0, 1, lo_open=True),
