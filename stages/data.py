@@ -15,6 +15,7 @@ from advpipe.reporting import write_json
 
 def main() -> None:
     p = common.params()
+    common.log(f"data: model {get(p, 'model.name')}: weights {common.check_model(p)}")
     source = get(p, "data.source")
     size, resample = get(p, "data.image_size"), get(p, "data.resample")
     wanted = {
@@ -59,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

@@ -100,3 +100,16 @@ class Timer:
     def __exit__(self, *exc):
         self.seconds += time.perf_counter() - self._start
         return False
+
+
+def first_correct(forward: Callable[[tf.Tensor], tf.Tensor], images: np.ndarray,
+                  labels: np.ndarray, n: int, batch_size: int = 32) -> list[int]:
+    """Positions of the first ``n`` images whose top-1 prediction is right (fewer if
+    there are not ``n``); stops predicting as soon as it has them."""
+    found: list[int] = []
+    for start, x, y in iterate_batches(images, labels, batch_size):
+        pred = forward(tf.constant(x)).numpy().argmax(1)
+        found += [start + i for i in np.flatnonzero(pred == y)]
+        if len(found) >= n:
+            break
+    return found[:n]
