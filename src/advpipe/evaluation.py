@@ -109,7 +109,7 @@ def first_correct(forward: Callable[[tf.Tensor], tf.Tensor], images: np.ndarray,
     found: list[int] = []
     for start, x, y in iterate_batches(images, labels, batch_size):
         pred = forward(tf.constant(x)).numpy().argmax(1)
-        found += [start + i for i in np.flatnonzero(pred == y)]
+        found += [start + int(i) for i in np.flatnonzero(pred == y)]
         if len(found) >= n:
             break
     return found[:n]
