@@ -78,7 +78,7 @@ def test_accuracy_falls_with_eps(repo, attack):
     d, _ = repo
     m = _metrics(d, f"metrics/attacks/{attack}.json")
     grid = sorted(yaml.safe_load((d / "params.yaml").read_text())["attacks"][attack]["epsilons"])
-    assert [float(e) for e in m["eps"]] == grid
+    assert list(m["eps"]) == [f"{e:g}" for e in grid]  # every eps of the grid, in order
     top1 = [m["eps"][f"{e:g}"]["top1"] for e in grid]
     clean = m["clean"]["top1"]
     # already the smallest eps (0.001, a quarter of an 8-bit step) costs accuracy ...
