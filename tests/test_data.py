@@ -81,11 +81,23 @@ def test_crop_ratio_non_square_keeps_aspect_and_centre():
     assert out.shape == (50, 50, 3) and (out == (0, 0, 255)).all()
 
 
-@pytest.mark.parametrize("mode", ["L", "CMYK", "P", "RGBA", "LA", "I;16"])
-def test_to_rgb_modes(mode):
-    img = Image.new("RGB", (8, 8), (200, 100, 50)).convert(mode)
-    out = to_rgb(img)
+GREY = round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)  # ITU-R 601-2 luma of (200, 100, 50)
+RGB = Image.new("RGB", (8, 8), (200, 100, 50))
+
+
+@pytest.mark.parametrize("make,expected,tol", [
+    (lambda: RGB.convert("L"), (GREY,) * 3, 0),
+    (lambda: RGB.convert("LA"), (GREY,) * 3, 0),
+    (lambda: RGB.convert("CMYK"), (200, 100, 50), 0),
+    (lambda: RGB.convert("P", palette=Image.Palette.ADAPTIVE), (200, 100, 50), 0),
+    (lambda: RGB.convert("RGBA"), (200, 100, 50), 0),
+    (lambda: Image.fromarray(np.full((8, 8), GREY * 257, np.uint16)), (GREY,) * 3, 1),  # I;16
+], ids=["L", "LA", "CMYK", "P", "RGBA", "I;16"])
+def test_to_rgb_modes(make, expected, tol):
+    out = to_rgb(make())
     assert out.mode == "RGB" and out.size == (8, 8)
+    pixels = np.asarray(out).reshape(-1, 3).astype(int)
+    assert (np.abs(pixels - expected) <= tol).all(), pixels[0]
 
 
 def test_transparent_pixels_become_white():
@@ -206,5 +218,5 @@ def test_split_keeps_overall_proportions_for_tiny_classes():
     labels = np.arange(20)  # one image per class, like the bundled samples
     split = stratified_split(labels, {"train": 300, "val": 100, "test": 100}, seed=0)
     assert pd.Series(split).value_counts().to_dict() == {"train": 12, "val": 4, "test": 4}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be non-negative and not all 0"):
         stratified_split(labels, {"train": 0, "val": 0, "test": 0}, seed=0)

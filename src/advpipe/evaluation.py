@@ -161,3 +161,16 @@ def masking_checks(whitebox: dict, transfer: dict | None, *, chance: float,
     return {"iterative_beats_one_step": iterative_ok, "whitebox_beats_transfer": transfer_ok,
             "falls_towards_chance": chance_ok, "chance": chance, "flags": flags,
             "passed": bool(iterative_ok and transfer_ok is not False and chance_ok is not False)}
+
+
+def first_correct(forward: Callable[[tf.Tensor], tf.Tensor], images: np.ndarray,
+                  labels: np.ndarray, n: int, batch_size: int = 32) -> list[int]:
+    """Positions of the first ``n`` images whose top-1 prediction is right (fewer if
+    there are not ``n``); stops predicting as soon as it has them."""
+    found: list[int] = []
+    for start, x, y in iterate_batches(images, labels, batch_size):
+        pred = forward(tf.constant(x)).numpy().argmax(1)
+        found += [start + int(i) for i in np.flatnonzero(pred == y)]
+        if len(found) >= n:
+            break
+    return found[:n]
