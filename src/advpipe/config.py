@@ -221,6 +221,7 @@ SCHEMA: dict[str, Rule] = {
     "data.urls.text_edge_ratio": number(0, 1, required=False),
     "data.urls.noise_min_correlation": number(-1, 1, required=False),
     "data.urls.noise_max_blockiness": number(0, lo_open=True, required=False),
+    "data.urls.noise_min_block_correlation": number(-1, 1, required=False),
     "data.urls.cross_class": choice("first", "reject", required=False),
     "data.folder.path": string(),
     "data.folder.skip_unreadable_classes": boolean(),
