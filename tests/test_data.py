@@ -128,19 +128,21 @@ def test_bundled_samples():
     assert manifest.loc[0, "label"] == 243 and manifest.loc[0, "name"] == "bull mastiff"
 
 
-def _noise_folder(root, labels, n, size=(72, 96), seed=1):
+def _photo_folder(root, labels, n, size=(72, 96), seed=1):
+    """Photo-like JPEGs (white noise is rejected by the downloader's noise check)."""
+    from test_download import photo
+
     c = imagenet_classes()
-    rng = np.random.default_rng(seed)
     for label in labels:
         d = root / c.wnids[label]
         d.mkdir(parents=True)
         for i in range(n):
-            Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(d / f"{i}.jpg")
+            Image.fromarray(photo(*size, seed=seed + 100 * label + i)).save(d / f"{i}.jpg")
     return c
 
 
 def test_folder_source(tmp_path):
-    c = _noise_folder(tmp_path, (1, 2), 3)
+    c = _photo_folder(tmp_path, (1, 2), 3)
     (tmp_path / c.wnids[1] / "0.jpg").write_bytes(b"not an image")  # skipped, next one taken
     images, manifest, report = load_folder(tmp_path, [1, 2], per_class=2, size=32)
     assert images.shape == (4, 32, 32, 3)
@@ -152,7 +154,7 @@ def test_folder_source(tmp_path):
 
 
 def test_folder_applies_the_downloader_checks(tmp_path):
-    c = _noise_folder(tmp_path, (5,), 2)
+    c = _photo_folder(tmp_path, (5,), 2)
     d = tmp_path / c.wnids[5]
     Image.new("RGB", (100, 90), (128, 128, 128)).save(d / "0a_blank.png")       # placeholder
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 90, 3), dtype=np.uint8)
@@ -172,7 +174,7 @@ def test_folder_applies_the_downloader_checks(tmp_path):
 
 
 def test_folder_class_with_only_unreadable_files(tmp_path, caplog):
-    c = _noise_folder(tmp_path, (1, 7), 3)
+    c = _photo_folder(tmp_path, (1, 7), 3)
     bad = tmp_path / c.wnids[7]
     for i, f in enumerate(sorted(bad.iterdir())):
         f.write_bytes(b"junk" * 1000 if i else b"\xff\xd8\xff\xe0" + b"\0" * 3000)
