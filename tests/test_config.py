@@ -100,8 +100,8 @@ def test_problems_are_reported_on_one_line(params):
 
 
 @pytest.mark.parametrize("path,value,message", [
-    (("attacks", "pgd"), {"epsilons": [0.1]},
-     "unknown key 'attacks.pgd' ('attacks' takes: deepfool, fgm, fgsm, labels, rfgsm, step_ll)"),
+    (("attacks", "cw"), {"epsilons": [0.1]},
+     "unknown key 'attacks.cw' ('attacks' takes: deepfool, fgm, fgsm, labels, pgd, rfgsm, step_ll)"),
     (("attacks", "fgsm", "norm"), "l2",
      "unknown key 'attacks.fgsm.norm' (did you mean 'attacks.fgm.norm'?)"),
     (("sed",), 1, "unknown key 'sed' (did you mean 'seed'?)"),

@@ -85,7 +85,7 @@ def test_keras_weights_neither_cached_nor_downloadable(tmp_path):
 
 
 @pytest.mark.parametrize("stage,changes,expected", [
-    (["attack.py", "fgsm"], {"attacks__pgd": {"epsilons": [0.1]}}, "unknown key 'attacks.pgd'"),
+    (["attack.py", "fgsm"], {"attacks__cw": {"epsilons": [0.1]}}, "unknown key 'attacks.cw'"),
     (["baseline.py"], {"sed": 0}, "unknown key 'sed' (did you mean 'seed'?)"),
     (["attack.py", "rfgsm"], {"attacks__rfgsm__alpha_fraction": 1.0},
      "'attacks.rfgsm.alpha_fraction' must be < 1"),
@@ -108,5 +108,5 @@ def test_missing_attack_set_names_the_folder(tmp_path):
 
 
 def test_unknown_attack_argument(tmp_path):
-    proc = _stage(tmp_path, ["attack.py", "pgd"], _params())
-    _assert_one_line_error(proc, "unknown attack 'pgd'")
+    proc = _stage(tmp_path, ["attack.py", "cw"], _params())
+    _assert_one_line_error(proc, "unknown attack 'cw'")
