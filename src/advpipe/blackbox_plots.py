@@ -1,0 +1,74 @@
+"""Figures of the black-box attacks: transfer heatmaps and ‖r‖₂ against queries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .reporting import _save_figure
+
+
+def _short(name: str) -> str:
+    return name.replace("efficientnet_", "")
+
+
+def transfer_heatmap(matrix: np.ndarray, models: Sequence[str], clean: Sequence[float],
+                     path: str | Path, title: str, flagged: np.ndarray | None = None) -> Path:
+    """Top-1 of each target (columns) on adversarials crafted on each source (rows).
+
+    The diagonal is white-box; darker = lower accuracy = a stronger attack. Column labels
+    carry each target's clean top-1; a flagged cell (white-box above transfer) gets a '!'.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(models)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.25 * n, 1.2 + 1.1 * n), dpi=110)
+    im = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+    for i in range(n):
+        for j in range(n):
+            v = matrix[i, j]
+            mark = "!" if flagged is not None and flagged[i, j] else ""
+            ax.text(j, i, f"{v:.2f}{mark}", ha="center", va="center",
+                    color="white" if v < 0.5 else "black",
+                    fontweight="bold" if i == j else "normal", fontsize=10)
+    ax.set_xticks(range(n), [f"{_short(m)}\n(clean {c:.2f})" for m, c in zip(models, clean)],
+                  fontsize=8)
+    ax.set_yticks(range(n), [_short(m) for m in models], fontsize=8)
+    ax.set_xlabel("target (evaluated on)")
+    ax.set_ylabel("source (crafted on)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="target top-1")
+    return _save_figure(fig, path)
+
+
+def l2_vs_queries(budgets: Sequence[int], medians: Sequence[float], success: Sequence[float],
+                  whitebox_l2: float, path: str | Path, attack: str, model: str) -> Path:
+    """Median ‖r‖₂ of the decision-based attack at each query budget, DeepFool's as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ax.plot(budgets, medians, marker="o", label=f"{attack} (label only), median ‖r‖₂")
+    for b, m, s in zip(budgets, medians, success):
+        if np.isfinite(m):
+            ax.annotate(f"{s:.0%}", (b, m), textcoords="offset points", xytext=(0, 6),
+                        ha="center", fontsize=7)
+    if np.isfinite(whitebox_l2):
+        ax.axhline(whitebox_l2, color="C3", linestyle="--",
+                   label=f"DeepFool (white-box), median ‖r‖₂ = {whitebox_l2:.3f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("queries per image (top-1 label only)")
+    ax.set_ylabel("median ‖r‖₂ ([0, 1] pixels)")
+    ax.set_title(f"Decision-based attack on {_short(model)}: distance vs queries\n"
+                 "(labels: success rate at that budget)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save_figure(fig, path)
