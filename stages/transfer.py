@@ -5,10 +5,7 @@ its native size). Writes metrics/blackbox/transfer.json, plots/blackbox/transfer
 one heatmap per attack in plots/blackbox/transfer/ and timings/transfer.json.
 """
 
-import shutil
 from pathlib import Path
-
-import numpy as np
 
 import common
 from advpipe.config import get
@@ -20,8 +17,8 @@ def main() -> None:
     p = common.params()
     from advpipe.attacks.deepfool import deepfool
     from advpipe.attacks.registry import build_attack
-    from advpipe.attacks.transfer import DEEPFOOL_KEY, eps_key, transfer_matrix, whitebox_flags
-    from advpipe.blackbox_plots import transfer_heatmap
+    from advpipe.attacks.transfer import transfer_matrix, whitebox_flags
+    from advpipe.blackbox_plots import transfer_heatmaps
     from advpipe.evaluation import Timer
     from advpipe.models.native_size import build_at_input_size
     from advpipe.reporting import write_json, write_rows_csv
@@ -52,26 +49,15 @@ def main() -> None:
     write_json("metrics/blackbox/transfer.json", metrics)
     write_rows_csv("plots/blackbox/transfer.csv", result.rows())
 
-    shown = eps_key(get(p, "blackbox.transfer.heatmap_epsilon"))
-    if HEATMAPS.exists():
-        shutil.rmtree(HEATMAPS)
-    clean = [metrics["clean_top1"][m] for m in names]
-    flags = whitebox_flags(result)
-    for attack in result.attacks:
-        e = DEEPFOOL_KEY if attack == DEEPFOOL_KEY else shown
-        flagged = np.array([[any(f.startswith(f"{attack} eps {e}:") and f"of {t} " in f
-                                 and f"from {s} " in f for f in flags) for t in names]
-                            for s in names])
-        title = (f"{attack}: DeepFool's own minimal perturbation (overshoot {df['overshoot']})"
-                 if attack == DEEPFOOL_KEY else f"{attack}, ε = {float(e) * 255:.3g}/255 = {e}")
-        transfer_heatmap(result.matrix(attack, e), names, clean, HEATMAPS / f"{attack}.png",
-                         f"Transfer top-1, {title}", flagged)
+    transfer_heatmaps(result, HEATMAPS, get(p, "blackbox.transfer.heatmap_epsilon"),
+                      df["overshoot"])
     common.timings("transfer", {"seconds": round(total.seconds, 2),
                                 "per_source": result.seconds, "n_images": len(images)})
     for a in result.attacks:
         for e in result.eps_keys(a):
             common.log(f"{a} eps {e}: mean transfer top-1 {result.mean_transfer(a, e):.3f}, "
                        f"fooling {result.mean_transfer(a, e, 'fooling_rate'):.3f}")
+    flags = whitebox_flags(result)
     common.log("white-box <= transfer: " + ("passed" if not flags else "FLAGGED: " +
                                                "; ".join(flags)))
 

@@ -12,8 +12,8 @@ from advpipe.attacks.decision import (GradientRequestError, LabelOnlyModel, Quer
                                       decision_attack, first_correct)
 from advpipe.attacks.registry import make_attack
 from advpipe.attacks.sweep import sweep
-from advpipe.attacks.transfer import (DEEPFOOL_KEY, TransferResult, transfer_matrix,
-                                      whitebox_flags)
+from advpipe.attacks.transfer import (DEEPFOOL_KEY, TransferResult, flagged_cells,
+                                      transfer_matrix, whitebox_flags)
 from advpipe.models.native_size import resized_input
 from advpipe.models.zoo import tiny_model
 
@@ -97,6 +97,20 @@ def test_whitebox_above_transfer_is_flagged():
     # fooling rate: on the 3 images both classify correctly, b got 2 of them wrong
     assert bad.fooling_rate("fgsm", "0.1", "a", "b") == pytest.approx(2 / 3)
     assert bad.mean_transfer("fgsm", "0.1") == pytest.approx((0.25 + 0.0) / 2)
+    np.testing.assert_array_equal(flagged_cells(bad, "fgsm", "0.1"), [[False, True],
+                                                                      [False, False]])
+
+
+def test_transfer_heatmaps_one_png_per_attack(tmp_path):
+    from advpipe.blackbox_plots import transfer_heatmaps
+
+    stale = tmp_path / "maps" / "old.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"x")
+    paths = transfer_heatmaps(_fake_result([True, True, True, False], [True, False, False, False]),
+                              tmp_path / "maps", 0.1)
+    assert [p.name for p in paths] == ["fgsm.png"] and paths[0].stat().st_size > 5000
+    assert not stale.exists()
 
 
 # ------------------------------------------------------------------ label-only target
@@ -186,6 +200,11 @@ def test_decision_attack_counts_every_query_and_never_asks_for_gradients(
     assert result.queries == 150 * len(x)  # the budget stopped it, exactly at the budget
     summaries = [result.summary(b) for b in budgets]
     assert summaries[-1]["success_rate"] == 1.0
+    final = result.at_budget(150)
+    cut = float(np.median(final))
+    assert result.summary(150, cut)["success_rate_within_l2"] == pytest.approx(
+        np.mean(final <= cut))
+    assert result.summary(150, 1e-9)["success_rate_within_l2"] == 0.0
     medians = [s["l2_median_all"] for s in summaries]
     assert all(a >= b for a, b in zip(medians, medians[1:]))   # more queries, never worse
     assert medians[-1] < medians[1]                           # and the attack does improve

@@ -46,9 +46,37 @@ def transfer_heatmap(matrix: np.ndarray, models: Sequence[str], clean: Sequence[
     return _save_figure(fig, path)
 
 
+def transfer_heatmaps(result, directory: str | Path, shown_eps: float,
+                     deepfool_overshoot: float | None = None) -> list[Path]:
+    """One heatmap per attack of a :class:`~advpipe.attacks.transfer.TransferResult` at
+    ``shown_eps`` (DeepFool: its own minimal perturbation) in ``directory``, emptied first."""
+    import shutil
+
+    from .attacks.transfer import DEEPFOOL_KEY, eps_key, flagged_cells
+
+    directory = Path(directory)
+    if directory.exists():
+        shutil.rmtree(directory)
+    clean = [float(np.mean(result.clean_correct[m])) for m in result.models]
+    paths = []
+    for attack in result.attacks:
+        e = DEEPFOOL_KEY if attack == DEEPFOOL_KEY else eps_key(shown_eps)
+        what = (f"DeepFool's own minimal perturbation (overshoot {deepfool_overshoot:g})"
+                if attack == DEEPFOOL_KEY else f"ε = {float(e) * 255:.3g}/255 = {e}")
+        paths.append(transfer_heatmap(result.matrix(attack, e), result.models, clean,
+                                      directory / f"{attack}.png",
+                                      f"Transfer top-1, {attack}, {what}",
+                                      flagged_cells(result, attack, e)))
+    return paths
+
+
 def l2_vs_queries(budgets: Sequence[int], medians: Sequence[float], success: Sequence[float],
-                  whitebox_l2: float, path: str | Path, attack: str, model: str) -> Path:
-    """Median ‖r‖₂ of the decision-based attack at each query budget, DeepFool's as a line."""
+                  whitebox_l2: float, path: str | Path, attack: str, model: str,
+                  threshold: float) -> Path:
+    """Median ‖r‖₂ of the decision-based attack at each query budget, DeepFool's as a line.
+
+    ``success``: the share of images with an adversarial within ``threshold`` (point labels).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,12 +91,13 @@ def l2_vs_queries(budgets: Sequence[int], medians: Sequence[float], success: Seq
     if np.isfinite(whitebox_l2):
         ax.axhline(whitebox_l2, color="C3", linestyle="--",
                    label=f"DeepFool (white-box), median ‖r‖₂ = {whitebox_l2:.3f}")
+    ax.axhline(threshold, color="grey", linestyle=":", label=f"‖r‖₂ = {threshold:g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("queries per image (top-1 label only)")
     ax.set_ylabel("median ‖r‖₂ ([0, 1] pixels)")
     ax.set_title(f"Decision-based attack on {_short(model)}: distance vs queries\n"
-                 "(labels: success rate at that budget)", fontsize=9)
+                 f"(labels: share of images fooled within ‖r‖₂ ≤ {threshold:g} at that budget)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return _save_figure(fig, path)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from .attacks import registry as _attack_registry
+from .defenses import registry as _defense_registry
 
 
 class ParamsError(ValueError):
@@ -285,6 +286,7 @@ SCHEMA: dict[str, Rule] = {
     "blackbox.transfer.attacks": choice_list(*ATTACKS, "deepfool"),
     "blackbox.transfer.epsilons": epsilon_list(),
     "blackbox.transfer.heatmap_epsilon": number(0, 1, lo_open=True),
+    "blackbox.transfer_defense.models": choice_list(*_defense_registry.DEFENSES),
     "blackbox.decision.model": choice(*TRANSFER_MODELS),
     "blackbox.decision.attack": choice(*DECISION_ATTACKS),
     "blackbox.decision.budgets": int_list(1, 10**6, non_empty=True),
@@ -292,6 +294,7 @@ SCHEMA: dict[str, Rule] = {
     "blackbox.decision.batch_size": integer(1, 4096),
     "blackbox.decision.max_gradient_evals": integer(1, 100000),
     "blackbox.decision.seed": integer(0),
+    "blackbox.decision.l2_threshold": number(0, lo_open=True),
     # ---------------------------------------------------------------- report
     "report.figure.attack": choice(*ATTACKS),
     "report.figure.images": int_list(0, 10**9),

@@ -154,12 +154,19 @@ class DecisionResult:
             return np.full(n, np.inf)
         return self.history[min(budget, len(self.history)) - 1]
 
-    def summary(self, budget: int) -> dict:
+    def summary(self, budget: int, l2_threshold: float | None = None) -> dict:
+        """Success rate (an adversarial found), median ||r||_2 over the successes and over all
+        images (inf for a failure) within ``budget`` queries; with ``l2_threshold``, also the
+        share of images with an adversarial within that distance."""
         l2 = self.at_budget(budget)
         ok = np.isfinite(l2)
-        return {"queries": int(budget), "success_rate": float(ok.mean()) if len(ok) else float("nan"),
-                "l2_median": float(np.median(l2[ok])) if ok.any() else float("nan"),
-                "l2_median_all": float(np.median(l2)) if len(l2) else float("nan")}
+        mean = lambda a: float(a.mean()) if len(a) else float("nan")  # noqa: E731
+        out = {"queries": int(budget), "success_rate": mean(ok),
+               "l2_median": float(np.median(l2[ok])) if ok.any() else float("nan"),
+               "l2_median_all": float(np.median(l2)) if len(l2) else float("nan")}
+        if l2_threshold is not None:
+            out["success_rate_within_l2"] = mean(l2 <= l2_threshold)
+        return out
 
 
 def decision_attack(model, images: np.ndarray, labels: np.ndarray, *, attack: str = "hopskipjump",

@@ -106,6 +106,13 @@ class TransferResult:
         return out
 
 
+def flagged_cells(result: TransferResult, attack: str, eps: str) -> np.ndarray:
+    """``[source, target]`` booleans: white-box top-1 of the target > transfer top-1 to it."""
+    names = result.models
+    return np.array([[s != t and result.top1(attack, eps, t, t) > result.top1(attack, eps, s, t)
+                      for t in names] for s in names])
+
+
 def whitebox_flags(result: TransferResult) -> list[str]:
     """Cells where white-box top-1 on a target exceeds transfer top-1 to it (same attack, ε)."""
     flags = []
