@@ -1,7 +1,7 @@
 """Stage 'attack@<name>': accuracy-vs-eps sweep of one attack (one-step or PGD).
 
 Usage: python stages/attack.py {fgsm,fgm,rfgsm,step_ll,pgd}
-Writes metrics/attacks/<name>.json and plots/attacks/<name>.csv.
+Writes metrics/attacks/<name>.json, plots/attacks/<name>.csv and timings/attack_<name>.json.
 """
 
 import sys
@@ -23,6 +23,7 @@ def main(name: str) -> None:
     result = sweep(attack, images, labels, get(p, f"attacks.{name}.epsilons"),
                    batch_size=get(p, "model.batch_size"), progress=common.log)
     metrics = result.to_metrics()
+    common.write_timing(f"attack@{name}", result.timing())
     metrics["labels"] = get(p, "attacks.labels")
     metrics.update(attack_options(p, name))
     write_json(f"metrics/attacks/{name}.json", metrics)
@@ -35,4 +36,4 @@ def main(name: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(f"usage: python stages/attack.py {{{','.join(ATTACKS)}}}")
-    main(sys.argv[1])
+    common.run(main, sys.argv[1])

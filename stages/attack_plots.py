@@ -1,18 +1,27 @@
 """Stage 'attack_plots': top-1 and top-5 vs eps, one line per attack (PNG, log-scale eps)."""
 
+import json
+
 import pandas as pd
 
 import common
 from advpipe.attacks.registry import ATTACKS
+from advpipe.config import get
 from advpipe.reporting import plot_accuracy_vs_eps
 
 
 def main() -> None:
+    p = common.params()
     curves = {name: pd.read_csv(f"plots/attacks/{name}.csv") for name in ATTACKS}
+    n = {json.loads(open(f"metrics/attacks/{name}.json").read())["n_images"]
+         for name in ATTACKS}
+    n_text = f"n = {n.pop()}" if len(n) == 1 else f"n = {sorted(n)}"
     for metric in ("top1", "top5"):
-        path = plot_accuracy_vs_eps(curves, metric, f"plots/attacks/{metric}_vs_eps.png")
+        title = (f"{metric.replace('top', 'top-')} accuracy vs ε — {get(p, 'model.name')}, "
+                 f"{n_text} images, {get(p, 'attacks.labels').replace('_', ' ')} labels")
+        path = plot_accuracy_vs_eps(curves, metric, f"plots/attacks/{metric}_vs_eps.png", title)
         common.log(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

@@ -1,40 +1,120 @@
-"""What every stage script shares: quiet TensorFlow, params, the model, the attack set."""
+"""What every stage script shares: quiet TensorFlow, params, the model, the attack set, errors.
+
+Conventions for stage scripts:
+
+* end with ``common.run(main)`` (``common.run(main, arg)``): a user mistake -- a
+  :class:`~advpipe.config.ParamsError`, a missing or unreadable file
+  (``FileNotFoundError``), a bad value (``ValueError``), unavailable model weights --
+  ends the stage with ONE line ``error: ...`` on stderr and exit status 1, no
+  traceback. So raise those (naming the params key or the file) instead of printing;
+  ``ADVPIPE_DEBUG=1`` shows the traceback.
+* wall-clock timings go to ``timings/<stage>.json`` (:func:`write_timing`; for a
+  ``foreach`` stage ``timings/<stage>_<item>.json``), declared in dvc.yaml as a plain
+  ``outs`` with ``cache: false``, never in ``metrics/``: ``dvc metrics diff`` then shows
+  only what moved scientifically.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sys
+import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up messages (INFO level, and the cuInit error of a machine
+# without GPU) are written before TF_CPP_MIN_LOG_LEVEL is read; they are filtered out
+# of stderr while TensorFlow loads. Any other line, real warnings included, goes through.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+_START_UP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|oneDNN custom operations are on"
+    r"|Could not find cuda drivers|cpu_feature_guard|To enable the following instructions"
+    r"|failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory"
+    r"|computation placer already registered|TF-TRT Warning: Could not find TensorRT")
+
+
+@contextlib.contextmanager
+def _filtered_native_stderr(noise: re.Pattern = _START_UP_NOISE):
+    """Capture file descriptor 2 (C++ logging too); re-emit the lines ``noise`` misses."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not noise.search(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def _import_tensorflow_quietly() -> None:
+    with _filtered_native_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # the CUDA probe logs here, once
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.WARNING)
+
+
+_import_tensorflow_quietly()
 
 from advpipe.config import ParamsError, get, load_params  # noqa: E402
+from advpipe.models.availability import WeightsUnavailableError, check_weights  # noqa: E402
 
 ATTACK_SET = "data/attack"
 DEFENSE_SET = "data/defense"
+USER_ERRORS = (ParamsError, WeightsUnavailableError, FileNotFoundError, ValueError)
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def params() -> dict:
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (a missing file: its name included)."""
+    text = str(exc)
+    if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
+        text = f"{exc.filename}: {text}"
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def run(main, *args) -> None:
+    """Run a stage's ``main``; a user mistake ends in one ``error: ...`` line, exit status 1."""
     try:
-        return load_params("params.yaml")
-    except ParamsError as exc:
-        sys.exit(f"error: {exc}")
+        main(*args)
+    except USER_ERRORS as exc:
+        if os.environ.get("ADVPIPE_DEBUG"):
+            raise
+        sys.exit(f"error: {one_line(exc)}")
+    except KeyboardInterrupt:
+        sys.exit("error: interrupted")
+
+
+def params() -> dict:
+    """``params.yaml``, validated (a problem raises :class:`ParamsError`)."""
+    return load_params("params.yaml")
+
+
+def check_model(p: dict, *, probe: bool = True) -> str:
+    """Fail early (before any data work) if the model's weights cannot be had."""
+    return check_weights(get(p, "model.name"), get(p, "model.weights_path"), probe=probe)
 
 
 def model(p: dict):
     """The attacked model named by ``model.name`` (with ``model.weights_path``)."""
-    from advpipe.models.zoo import WeightsUnavailableError, build_model
+    from advpipe.models.zoo import build_model
 
     name = get(p, "model.name")
-    log(f"loading model {name}")
-    try:
-        return build_model(name, weights_path=get(p, "model.weights_path"),
-                           image_size=get(p, "data.image_size"), seed=get(p, "seed"))
-    except (WeightsUnavailableError, FileNotFoundError, ValueError) as exc:
-        sys.exit(f"error: {exc}")
+    log(f"loading model {name} ({check_model(p, probe=False)})")
+    return build_model(name, weights_path=get(p, "model.weights_path"),
+                       image_size=get(p, "data.image_size"), seed=get(p, "seed"))
 
 
 def attack_set():
@@ -54,18 +134,13 @@ def defense_split(split: str, classes: list[int] | None = None):
     return images, labels, manifest, classes
 
 
-def timings(name: str, data: dict) -> None:
-    """Wall times of a stage, kept out of the metrics so `dvc metrics diff` shows science only."""
+def timing_path(stage: str) -> str:
+    """``timings/<stage>.json``; ``attack@fgsm`` -> ``timings/attack_fgsm.json``."""
+    return f"timings/{stage.replace('@', '_')}.json"
+
+
+def write_timing(stage: str, timing: dict) -> str:
+    """Write a stage's wall-clock figures where ``dvc metrics`` does not look."""
     from advpipe.reporting import write_json
 
-    write_json(f"timings/{name}.json", data)
-
-
-def guard(fn):
-    """Run ``fn()``; a user mistake it raises (bad file, bad value) becomes one error line."""
-    from advpipe.models.zoo import WeightsUnavailableError
-
-    try:
-        return fn()
-    except (ParamsError, FileNotFoundError, WeightsUnavailableError) as exc:
-        sys.exit(f"error: {exc}")
+    return str(write_json(timing_path(stage), timing))

@@ -22,6 +22,7 @@ SETS = {"attack": "attack_set", "defense": "defense_set"}
 
 def main() -> None:
     p = common.params()
+    common.log(f"data: model {get(p, 'model.name')}: weights {common.check_model(p)}")
     wanted = {}
     for name, key in SETS.items():
         source = get(p, f"data.{key}.source")
@@ -66,4 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

@@ -22,10 +22,10 @@ def main() -> None:
 
     name = get(p, "blackbox.decision.model")
     weights = get(p, "model.weights_path") if get(p, "model.name") == name else None
-    common.log(f"loading model {name}")
-    model = common.guard(lambda: build_at_input_size(
-        name, get(p, "data.image_size"), native=get(p, "blackbox.native_size"),
-        weights_path=weights, seed=get(p, "seed")))
+    common.log(f"model {name}: {common.check_weights(name, weights)}")
+    model = build_at_input_size(name, get(p, "data.image_size"),
+                                native=get(p, "blackbox.native_size"), weights_path=weights,
+                                seed=get(p, "seed"))
     images, labels, _ = common.attack_set()
     keep = first_correct(model, images, labels, get(p, "blackbox.decision.n_images"))
     images, labels = images[keep], labels[keep]
@@ -67,7 +67,7 @@ def main() -> None:
     l2_vs_queries(budgets, [s["l2_median"] for s in per_budget],
                   [s["success_rate_within_l2"] for s in per_budget], df_median,
                   "plots/blackbox/l2_vs_queries.png", attack, name, threshold)
-    common.timings("decision", {"seconds": round(result.seconds, 2),
+    common.write_timing("decision", {"seconds": round(result.seconds, 2),
                                 "deepfool_seconds": round(df.seconds, 2),
                                 "queries": result.queries, "n_images": int(len(keep))})
     for s in per_budget:
@@ -78,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

@@ -1,4 +1,4 @@
-"""Stage 'deepfool': DeepFool (Foolbox) on the attack set -> success rate, accuracy, rho_2."""
+"""Stage 'deepfool': our compiled DeepFool on the attack set -> success, accuracy, rho_2."""
 
 import common
 from advpipe.attacks import deepfool
@@ -15,6 +15,7 @@ def main() -> None:
                       overshoot=get(p, "attacks.deepfool.overshoot"),
                       batch_size=get(p, "attacks.deepfool.batch_size"), progress=common.log)
     metrics = result.to_metrics()
+    common.write_timing("deepfool", metrics.pop("timing", None) or {"seconds": result.seconds})
     write_json("metrics/attacks/deepfool.json", metrics)
     common.log(f"deepfool: success {metrics['success_rate']:.3f} "
                f"(on correct: {metrics['success_rate_on_correct']:.3f}), "
@@ -22,4 +23,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

@@ -20,13 +20,13 @@ def main(name: str) -> None:
     from advpipe.defenses.evaluate import evaluate_defense
     from advpipe.defenses.model import load_info, load_model
 
-    classes = common.guard(lambda: load_info(model_path(name)))["classes"]
+    classes = load_info(model_path(name))["classes"]
     images, labels, _, _ = common.defense_split(get(p, "defense.evaluation.split"), classes)
-    model = common.guard(lambda: load_model(model_path(name)))
+    model = load_model(model_path(name))
     whitebox = {a: build_attack(a, model, p) for a in ATTACKS}
     transfer = None
     if name != "clean":
-        source = common.guard(lambda: load_model(model_path("clean")))
+        source = load_model(model_path("clean"))
         transfer = {a: build_attack(a, source, p) for a in ATTACKS}
     df = p["attacks"]["deepfool"]
     common.log(f"evaluate {name}: {len(images)} images, {len(classes)} classes")
@@ -43,7 +43,7 @@ def main(name: str) -> None:
             for threat in ("whitebox", "transfer") for attack, per in (out[threat] or {}).items()
             for eps, acc in per.items()]
     write_rows_csv(f"plots/defense/eval/{name}.csv", rows)
-    common.timings(f"evaluate_{name}", seconds)
+    common.write_timing(f"evaluate@{name}", seconds)
     m = out["masking"]
     common.log(f"{name}: clean {out['clean_top1']:.3f}; masking checks "
                f"{'passed' if m['passed'] else 'FAILED: ' + '; '.join(m['flags'])}")
@@ -52,4 +52,4 @@ def main(name: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in DEFENSES:
         sys.exit(f"usage: python stages/evaluate_defense.py {{{','.join(DEFENSES)}}}")
-    main(sys.argv[1])
+    common.run(main, sys.argv[1])

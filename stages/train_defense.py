@@ -17,20 +17,19 @@ def main(name: str) -> None:
     train_x, train_y, _, classes = common.defense_split("train")
     val_x, val_y, _, _ = common.defense_split("val", classes)
     if len(train_x) == 0 or len(val_x) == 0:
-        sys.exit(f"error: the defense set has {len(train_x)} train and {len(val_x)} val images; "
-                 "training needs both (data.defense_set.split)")
+        raise ValueError(f"data.defense_set.split: the defense set has {len(train_x)} train and "
+                         f"{len(val_x)} val images; training needs both")
     common.log(f"{name}: {len(classes)} classes {classes}, {len(train_x)} train / "
                f"{len(val_x)} val images")
     from advpipe.defenses.fit import train_defense
 
-    out = common.guard(lambda: train_defense(name, p, (train_x, train_y), (val_x, val_y),
-                                             classes, log=common.log))
+    out = train_defense(name, p, (train_x, train_y), (val_x, val_y), classes, log=common.log)
     write_json(f"metrics/defense/train/{name}.json", out["metrics"])
     write_rows_csv(f"plots/defense/curves/{name}.csv", out["curves"])
-    common.timings(f"train_{name}", out["timings"])
+    common.write_timing(f"train@{name}", out["timings"])
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in DEFENSES:
         sys.exit(f"usage: python stages/train_defense.py {{{','.join(DEFENSES)}}}")
-    main(sys.argv[1])
+    common.run(main, sys.argv[1])

@@ -27,12 +27,11 @@ def main() -> None:
     size = get(p, "data.image_size")
     images, labels, _ = common.attack_set()
     weights = {get(p, "model.name"): get(p, "model.weights_path")}
-    models = {}
-    for n in names:
-        common.log(f"loading model {n}")
-        models[n] = common.guard(lambda: build_at_input_size(
-            n, size, native=get(p, "blackbox.native_size"), weights_path=weights.get(n),
-            seed=get(p, "seed")))
+    for n in names:  # fail before any work if a model's weights cannot be had
+        common.log(f"model {n}: {common.check_weights(n, weights.get(n))}")
+    models = {n: build_at_input_size(n, size, native=get(p, "blackbox.native_size"),
+                                     weights_path=weights.get(n), seed=get(p, "seed"))
+              for n in names}
     df = {k: get(p, f"attacks.deepfool.{k}") for k in ("steps", "candidates", "overshoot",
                                                         "batch_size")}
     with Timer() as total:
@@ -51,7 +50,7 @@ def main() -> None:
 
     transfer_heatmaps(result, HEATMAPS, get(p, "blackbox.transfer.heatmap_epsilon"),
                       df["overshoot"])
-    common.timings("transfer", {"seconds": round(total.seconds, 2),
+    common.write_timing("transfer", {"seconds": round(total.seconds, 2),
                                 "per_source": result.seconds, "n_images": len(images)})
     for a in result.attacks:
         for e in result.eps_keys(a):
@@ -63,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

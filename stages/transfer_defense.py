@@ -8,8 +8,6 @@ plots/blackbox/transfer_defense.csv, plots/blackbox/transfer_defense/ (heatmaps)
 timings/transfer_defense.json.
 """
 
-import sys
-
 import common
 from advpipe.config import get
 
@@ -26,13 +24,13 @@ def main() -> None:
     from advpipe.reporting import write_json, write_rows_csv
 
     names = get(p, "blackbox.transfer_defense.models")
-    classes = [common.guard(lambda: load_info(model_path(n)))["classes"] for n in names]
+    classes = [load_info(model_path(n))["classes"] for n in names]
     if any(c != classes[0] for c in classes):
-        sys.exit(f"error: the defense models {names} were trained on different classes; "
-                 "retrain them on the same defense set")
+        raise ValueError(f"the defense models {names} were trained on different classes; "
+                         "retrain them on the same defense set")
     split = get(p, "defense.evaluation.split")
     images, labels, _, _ = common.defense_split(split, classes[0])
-    models = {n: common.guard(lambda: load_model(model_path(n))) for n in names}
+    models = {n: load_model(model_path(n)) for n in names}
     df = {k: get(p, f"attacks.deepfool.{k}") for k in ("steps", "candidates", "overshoot",
                                                         "batch_size")}
     common.log(f"transfer among {names}: {len(images)} {split} images, {len(classes[0])} classes")
@@ -50,7 +48,7 @@ def main() -> None:
     write_rows_csv("plots/blackbox/transfer_defense.csv", result.rows())
     transfer_heatmaps(result, "plots/blackbox/transfer_defense",
                       get(p, "blackbox.transfer.heatmap_epsilon"), df["overshoot"])
-    common.timings("transfer_defense", {"seconds": round(total.seconds, 2),
+    common.write_timing("transfer_defense", {"seconds": round(total.seconds, 2),
                                         "per_source": result.seconds, "n_images": len(images)})
     flags = whitebox_flags(result)
     common.log("white-box <= transfer: " + ("passed" if not flags else "FLAGGED: " +
@@ -58,4 +56,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

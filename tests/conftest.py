@@ -2,6 +2,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -23,3 +25,30 @@ def batch():
     x[:, -4:] = 1.0
     y = rng.integers(0, 10, 12).astype(np.int64)
     return x, y
+
+
+SHARED_IMAGENETTE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenette"
+
+
+def copy_repository(dest: Path) -> None:
+    """Copy the tracked and untracked-but-not-ignored files of this checkout into ``dest``,
+    without generated pipeline outputs, and make it a git repository (DVC needs one)."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        src = root / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    for generated in ["dvc.lock", "metrics", "plots", "data/attack", "data/defense", "models",
+                      "tables", "timings"]:
+        path = dest / generated
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)

@@ -139,7 +139,12 @@ def test_sweep_counts_and_reuses_gradient(tiny, batch, monkeypatch):
     assert result.clean["top1"] == pytest.approx(np.mean(logits.argmax(1) == y))
     metrics = result.to_metrics()
     assert set(metrics["eps"]) == {"0", "0.05", "0.2"}
-    assert metrics["timing"]["images_per_second"] > 0
+    assert "timing" not in metrics and "seconds" not in str(metrics)  # timings/ has them
+    timing = result.timing()
+    assert timing["n_images"] == len(x) and timing["n_epsilons"] == 3
+    assert timing["seconds"] == pytest.approx(result.seconds, abs=1e-3) and result.seconds > 0
+    assert timing["images_per_second"] == pytest.approx(len(x) / result.seconds, rel=1e-2)
+    assert timing["seconds_per_image"] == pytest.approx(result.seconds / len(x), rel=1e-2)
 
 
 def test_unknown_attack_and_bad_options(tiny):

@@ -188,9 +188,23 @@ def _eval_payload(marker) -> bytes:
 
 
 def test_malicious_payload_is_real(tmp_path):
-    """Control: the crafted payload really executes under plain pickle."""
+    """Control: the very file the next test refuses runs its payload under plain pickle.
+
+    The legacy file is a sequence of pickles (magic, protocol, sys_info, main); read it
+    the way an unrestricted loader does and the ``eval`` runs. So it is the restricted
+    unpickler of :func:`load_state_dict`, not the file, that keeps the marker away.
+    """
     marker = tmp_path / "executed_by_plain_pickle"
-    pickle.loads(_eval_payload(marker))
+    path = tmp_path / "evil.pth"
+    path.write_bytes(_legacy_file(_eval_payload(marker), {}))
+    with pytest.raises(UnsafeCheckpointError, match=r"builtins\.eval"):
+        load_state_dict(path)
+    assert not marker.exists()
+    with path.open("rb") as f:
+        assert pickle.load(f) == LEGACY_MAGIC_NUMBER
+        assert pickle.load(f) == LEGACY_PROTOCOL_VERSION
+        pickle.load(f)  # sys_info
+        pickle.load(f)  # the main pickle: the payload
     assert marker.exists()
 
 
@@ -233,5 +247,5 @@ def test_zip_checkpoint_is_refused(tmp_path):
 def test_non_checkpoint_is_refused(tmp_path):
     path = tmp_path / "plain.pkl"
     path.write_bytes(pickle.dumps({"a": 1}, protocol=2))
-    with pytest.raises(UnsupportedCheckpointError):
+    with pytest.raises(UnsupportedCheckpointError, match="bad magic number"):
         load_state_dict(path)

@@ -45,6 +45,9 @@ def test_repository_params_are_valid(params):
     ("attacks.fgsm.epsilons", [], "'attacks.fgsm.epsilons' must be a non-empty list"),
     ("attacks.fgm.norm", "l1", "'attacks.fgm.norm' must be one of ['l2', 'linf_equivalent']"),
     ("attacks.rfgsm.alpha_fraction", 0.0, "'attacks.rfgsm.alpha_fraction' must be > 0"),
+    ("attacks.rfgsm.alpha_fraction", 1.0, "'attacks.rfgsm.alpha_fraction' must be < 1"),
+    ("report.figure.images", [0, "3"], "'report.figure.images' must be a list of integers or null"),
+    ("report.figure.n_images", 0, "'report.figure.n_images' must be >= 1"),
     ("attacks.labels", True, "'attacks.labels' must be one of ['ground_truth', 'predicted']"),
     ("data.attack_set.indices", [1, 1000], "'data.attack_set.indices' must hold integers in [0, 999]"),
     ("data.attack_set.indices", [], "'data.attack_set.indices' must be a non-empty list"),
@@ -86,6 +89,73 @@ def test_load_params_errors(tmp_path):
     bad.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ParamsError, match="top level must be a mapping"):
         load_params(bad)
+
+
+def test_problems_are_reported_on_one_line(params):
+    bad = _set(_set(copy.deepcopy(params), "seed", -1), "data.source", "x")
+    bad["sed"] = 0
+    with pytest.raises(ParamsError, match="'seed' must be >= 0") as err:
+        validate(bad)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("path,value,message", [
+    (("attacks", "cw"), {"epsilons": [0.1]},
+     "unknown key 'attacks.cw' ('attacks' takes: deepfool, fgm, fgsm, labels, pgd, rfgsm, step_ll)"),
+    (("attacks", "fgsm", "norm"), "l2",
+     "unknown key 'attacks.fgsm.norm' (did you mean 'attacks.fgm.norm'?)"),
+    (("sed",), 1, "unknown key 'sed' (did you mean 'seed'?)"),
+    (("model", "weight_path"), "w.h5",
+     "unknown key 'model.weight_path' (did you mean 'model.weights_path'?)"),
+    (("report", "figure", "epsilon"), [0.1],
+     "unknown key 'report.figure.epsilon' (did you mean 'report.figure.epsilons'?)"),
+])
+def test_unknown_keys_are_rejected_with_a_hint(params, path, value, message):
+    bad = copy.deepcopy(params)
+    node = bad
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    with pytest.raises(ParamsError) as err:
+        validate(bad)
+    assert message in str(err.value)
+
+
+def test_a_group_must_be_a_mapping(params):
+    bad = _set(copy.deepcopy(params), "attacks.fgsm", [0.1])
+    with pytest.raises(ParamsError, match=r"'attacks\.fgsm' must be a mapping \(got \[0\.1\]\)"):
+        validate(bad)
+
+
+def test_a_leaf_rule_checks_its_whole_mapping(params):
+    """split's children are the rule's business: the unknown-key walk does not enter it."""
+    bad = _set(copy.deepcopy(params), "data.defense_set.split",
+               {"train": 3, "val": 1, "test": 1, "extra": 1})
+    with pytest.raises(ParamsError) as err:
+        validate(bad)
+    assert "'data.defense_set.split' must be a mapping with exactly" in str(err.value)
+    assert "unknown key" not in str(err.value)
+
+
+@pytest.mark.parametrize("model", ["efficientnet_lite0", "efficientnet_lite2", "tiny"])
+def test_weights_path_for_a_model_that_does_not_use_it(params, model):
+    bad = _set(_set(copy.deepcopy(params), "model.name", model), "model.weights_path", "w.h5")
+    with pytest.raises(ParamsError, match=rf"'model.weights_path' applies only to resnet50 and "
+                                          rf"vgg16 .*model '{model}' does not use it"):
+        validate(bad)
+    ok = _set(_set(copy.deepcopy(params), "model.name", "resnet50"), "model.weights_path", "w.h5")
+    validate(ok)
+
+
+def test_keras_models_need_image_size_224(params):
+    bad = _set(_set(copy.deepcopy(params), "model.name", "vgg16"), "data.image_size", 256)
+    with pytest.raises(ParamsError, match="'data.image_size' must be 224 for model 'vgg16'"):
+        validate(bad)
+
+
+def test_figure_images_may_be_null(params):
+    validate(_set(copy.deepcopy(params), "report.figure.images", None))
+    validate(_set(copy.deepcopy(params), "report.figure.images", [0, 3]))
 
 
 def test_resolve_classes():

@@ -81,11 +81,23 @@ def test_crop_ratio_non_square_keeps_aspect_and_centre():
     assert out.shape == (50, 50, 3) and (out == (0, 0, 255)).all()
 
 
-@pytest.mark.parametrize("mode", ["L", "CMYK", "P", "RGBA", "LA", "I;16"])
-def test_to_rgb_modes(mode):
-    img = Image.new("RGB", (8, 8), (200, 100, 50)).convert(mode)
-    out = to_rgb(img)
+GREY = round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)  # ITU-R 601-2 luma of (200, 100, 50)
+RGB = Image.new("RGB", (8, 8), (200, 100, 50))
+
+
+@pytest.mark.parametrize("make,expected,tol", [
+    (lambda: RGB.convert("L"), (GREY,) * 3, 0),
+    (lambda: RGB.convert("LA"), (GREY,) * 3, 0),
+    (lambda: RGB.convert("CMYK"), (200, 100, 50), 0),
+    (lambda: RGB.convert("P", palette=Image.Palette.ADAPTIVE), (200, 100, 50), 0),
+    (lambda: RGB.convert("RGBA"), (200, 100, 50), 0),
+    (lambda: Image.fromarray(np.full((8, 8), GREY * 257, np.uint16)), (GREY,) * 3, 1),  # I;16
+], ids=["L", "LA", "CMYK", "P", "RGBA", "I;16"])
+def test_to_rgb_modes(make, expected, tol):
+    out = to_rgb(make())
     assert out.mode == "RGB" and out.size == (8, 8)
+    pixels = np.asarray(out).reshape(-1, 3).astype(int)
+    assert (np.abs(pixels - expected) <= tol).all(), pixels[0]
 
 
 def test_transparent_pixels_become_white():
@@ -116,19 +128,21 @@ def test_bundled_samples():
     assert manifest.loc[0, "label"] == 243 and manifest.loc[0, "name"] == "bull mastiff"
 
 
-def _noise_folder(root, labels, n, size=(72, 96), seed=1):
+def _photo_folder(root, labels, n, size=(72, 96), seed=1):
+    """Photo-like JPEGs (white noise is rejected by the downloader's noise check)."""
+    from test_download import photo
+
     c = imagenet_classes()
-    rng = np.random.default_rng(seed)
     for label in labels:
         d = root / c.wnids[label]
         d.mkdir(parents=True)
         for i in range(n):
-            Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(d / f"{i}.jpg")
+            Image.fromarray(photo(*size, seed=seed + 100 * label + i)).save(d / f"{i}.jpg")
     return c
 
 
 def test_folder_source(tmp_path):
-    c = _noise_folder(tmp_path, (1, 2), 3)
+    c = _photo_folder(tmp_path, (1, 2), 3)
     (tmp_path / c.wnids[1] / "0.jpg").write_bytes(b"not an image")  # skipped, next one taken
     images, manifest, report = load_folder(tmp_path, [1, 2], per_class=2, size=32)
     assert images.shape == (4, 32, 32, 3)
@@ -140,7 +154,7 @@ def test_folder_source(tmp_path):
 
 
 def test_folder_applies_the_downloader_checks(tmp_path):
-    c = _noise_folder(tmp_path, (5,), 2)
+    c = _photo_folder(tmp_path, (5,), 2)
     d = tmp_path / c.wnids[5]
     Image.new("RGB", (100, 90), (128, 128, 128)).save(d / "0a_blank.png")       # placeholder
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 90, 3), dtype=np.uint8)
@@ -160,7 +174,7 @@ def test_folder_applies_the_downloader_checks(tmp_path):
 
 
 def test_folder_class_with_only_unreadable_files(tmp_path, caplog):
-    c = _noise_folder(tmp_path, (1, 7), 3)
+    c = _photo_folder(tmp_path, (1, 7), 3)
     bad = tmp_path / c.wnids[7]
     for i, f in enumerate(sorted(bad.iterdir())):
         f.write_bytes(b"junk" * 1000 if i else b"\xff\xd8\xff\xe0" + b"\0" * 3000)
@@ -206,5 +220,5 @@ def test_split_keeps_overall_proportions_for_tiny_classes():
     labels = np.arange(20)  # one image per class, like the bundled samples
     split = stratified_split(labels, {"train": 300, "val": 100, "test": 100}, seed=0)
     assert pd.Series(split).value_counts().to_dict() == {"train": 12, "val": 4, "test": 4}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be non-negative and not all 0"):
         stratified_split(labels, {"train": 0, "val": 0, "test": 0}, seed=0)

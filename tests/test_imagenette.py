@@ -37,9 +37,9 @@ WNIDS = imagenet_classes().wnids
 
 # --------------------------------------------------------------------------- archive
 def _jpeg(seed: int, size=(96, 80)) -> bytes:
-    rng = np.random.default_rng(seed)
+    from test_download import photo  # photo-like: white noise is rejected as noise
     buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
+    Image.fromarray(photo(size[1], size[0], seed=seed)).save(
         buffer, format="JPEG", quality=90)
     return buffer.getvalue()
 
@@ -353,8 +353,11 @@ def test_stage_one_line_error_for_a_class_imagenette_lacks(tmp_path):
     proc = _run_stage(work)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
-    assert lines == [lines[-1]] and lines[0].startswith(
+    # one error line, last; before it only the model-weights check (no data work started)
+    assert lines[-1].startswith(
         "error: data.defense_set: class 96 (toucan) is not in Imagenette; its classes are 0 (tench)")
+    assert all(line.startswith("data: model ") for line in lines[:-1]), lines
+    assert "Traceback" not in proc.stderr
     assert not (work / "data").exists()
 
 

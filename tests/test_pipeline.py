@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -62,15 +63,32 @@ def test_baseline_accuracy(repo):
     assert base["top1"] >= 0.85 and base["top5"] >= 0.95
 
 
-@pytest.mark.parametrize("attack", ["fgsm", "fgm", "rfgsm", "step_ll"])
+ATTACKS = ["fgsm", "fgm", "rfgsm", "step_ll"]
+
+
+def _timing_free(node):
+    """No wall-clock figure anywhere in a metrics file (they live in timings/)."""
+    if isinstance(node, dict):
+        return all("second" not in k and k != "timing" and _timing_free(v) for k, v in node.items())
+    return True
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
 def test_accuracy_falls_with_eps(repo, attack):
     d, _ = repo
     m = _metrics(d, f"metrics/attacks/{attack}.json")
-    eps = sorted(m["eps"], key=float)
-    top1 = [m["eps"][e]["top1"] for e in eps]
-    assert top1[-1] < top1[0] <= m["clean"]["top1"]
-    assert m["timing"]["images_per_second"] > 0
-    assert (d / f"plots/attacks/{attack}.csv").is_file()
+    grid = sorted(yaml.safe_load((d / "params.yaml").read_text())["attacks"][attack]["epsilons"])
+    assert list(m["eps"]) == [f"{e:g}" for e in grid]  # every eps of the grid, in order
+    top1 = [m["eps"][f"{e:g}"]["top1"] for e in grid]
+    clean = m["clean"]["top1"]
+    # already the smallest eps (0.001, a quarter of an 8-bit step) costs accuracy ...
+    assert top1[0] < clean
+    # ... and the strong end of the grid keeps less than half of the clean accuracy
+    assert np.mean(top1[-3:]) < 0.5 * clean
+    assert _timing_free(m)
+    t = _metrics(d, f"timings/attack_{attack}.json")
+    assert t["n_images"] == m["n_images"] and t["n_epsilons"] == len(grid)
+    assert t["images_per_second"] == pytest.approx(t["n_images"] / t["seconds"], rel=0.01)
 
 
 def test_deepfool(repo):
@@ -80,17 +98,46 @@ def test_deepfool(repo):
     assert 0 < m["rho2"] < 0.1 and m["l2_median"] > 0
 
 
+def _png(path):
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
 def test_plots_and_figure(repo):
     d, env = repo
-    for name in ["top1_vs_eps.png", "top5_vs_eps.png", "examples.png"]:
-        assert (d / "plots/attacks" / name).stat().st_size > 10_000
+    params = yaml.safe_load((d / "params.yaml").read_text())
+    for name in ["top1_vs_eps.png", "top5_vs_eps.png"]:
+        img = _png(d / "plots/attacks" / name)
+        assert img.shape == (504, 768, 3)
+        # one colour per attack (matplotlib's C0..C3) and the grey clean line are drawn
+        for rgb in [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (128, 128, 128)]:
+            assert (np.abs(img.astype(int) - rgb).max(-1) <= 10).sum() > 30, (name, rgb)
+    figure = params["report"]["figure"]
+    n = figure["n_images"] if figure["images"] is None else len(figure["images"])
+    rows = 1 + len(figure["epsilons"])
+    img = _png(d / "plots/attacks/examples.png")
+    assert img.shape == (round((2.0 * rows + 0.4) * 80), round(3.6 * n * 80), 3)
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 10_000  # photographs, not blank
+    assert (d / "plots/attacks/examples.png").stat().st_size < 1_000_000
     out = _run(["dvc", "plots", "show", "--json"], d, env)
     shown = json.loads(out)["data"]
     for plot in ("top1_vs_eps", "top5_vs_eps"):
         values = shown[plot][0]["content"]["data"]["values"]
-        assert {v["filename"] for v in values} == {  # one line per attack, 11 points each
-            "fgsm.csv", "fgm.csv", "rfgsm.csv", "step_ll.csv"}
-        assert len(values) == 4 * 11
+        assert {v["filename"] for v in values} == {f"{a}.csv" for a in ATTACKS}
+        for a in ATTACKS:  # one line per attack: the clean point and every eps of its grid
+            assert len([v for v in values if v["attack"] == a]) == \
+                1 + len(params["attacks"][a]["epsilons"])
+
+
+def test_forced_rerun_leaves_metrics_diff_empty(repo):
+    """Timings moved to timings/: recomputing identical results changes no metric."""
+    d, env = repo
+    for m in ["metrics/baseline.json", "metrics/attacks/deepfool.json"]:
+        assert _timing_free(_metrics(d, m))
+    _run(["dvc", "repro", "-f", "-s", "attack@fgsm"], d, env)
+    assert json.loads(_run(["dvc", "metrics", "diff", "--json"], d, env)) == {}
+    assert (d / "timings/attack_fgsm.json").is_file()
 
 
 def test_second_repro_is_a_no_op_and_one_eps_change_reruns_one_attack(repo):

@@ -10,6 +10,7 @@ The library itself never reads ``params.yaml``: stage scripts pass plain values.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,14 +57,14 @@ def integer(lo: int | None = None, hi: int | None = None, required: bool = True)
 
 
 def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-           required: bool = True) -> Rule:
+           hi_open: bool = False, required: bool = True) -> Rule:
     def check(v: Any) -> str | None:
         if not _is_number(v):
             return "must be a finite number"
         if lo is not None and (v <= lo if lo_open else v < lo):
             return f"must be {'>' if lo_open else '>='} {lo}"
-        if hi is not None and v > hi:
-            return f"must be <= {hi}"
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            return f"must be {'<' if hi_open else '<='} {hi}"
         return None
 
     return Rule(check, required)
@@ -97,13 +98,15 @@ def epsilon_list() -> Rule:
 
 
 def int_list(lo: int, hi: int, *, required: bool = True, unique: bool = True,
-             non_empty: bool = False) -> Rule:
+             non_empty: bool = False, nullable: bool = False) -> Rule:
     def check(v: Any) -> str | None:
+        if v is None and nullable:
+            return None
         if non_empty and v == []:
             return "must be a non-empty list of integers"
         if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool)
                                                for i in v):
-            return "must be a list of integers"
+            return "must be a list of integers" + (" or null" if nullable else "")
         if not all(lo <= i <= hi for i in v):
             return f"must hold integers in [{lo}, {hi}], got {v}"
         if unique and len(set(v)) != len(v):
@@ -178,6 +181,11 @@ TRAIN_RULES: dict[str, Rule] = {
 SOURCES = ("samples", "urls", "folder", "imagenette")
 IMAGENETTE_ARCHIVES = ("imagenette2-160", "imagenette2-320", "imagenette2")
 SETS = ("attack_set", "defense_set")
+
+
+def free_mapping(required: bool = True) -> Rule:
+    """A group whose children are free-form (not walked for unknown keys): declare it so."""
+    return Rule(lambda v: None if isinstance(v, Mapping) else "must be a mapping", required)
 MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
           "resnet50", "vgg16", "tiny")
 
@@ -233,6 +241,7 @@ SCHEMA: dict[str, Rule] = {
     "data.urls.text_edge_ratio": number(0, 1, required=False),
     "data.urls.noise_min_correlation": number(-1, 1, required=False),
     "data.urls.noise_max_blockiness": number(0, lo_open=True, required=False),
+    "data.urls.noise_min_block_correlation": number(-1, 1, required=False),
     "data.urls.cross_class": choice("first", "reject", required=False),
     "data.folder.path": string(),
     "data.folder.skip_unreadable_classes": boolean(),
@@ -251,7 +260,8 @@ SCHEMA: dict[str, Rule] = {
     "attacks.fgm.epsilons": epsilon_list(),
     "attacks.fgm.norm": choice("l2", "linf_equivalent"),
     "attacks.rfgsm.epsilons": epsilon_list(),
-    "attacks.rfgsm.alpha_fraction": number(0, 1, lo_open=True),
+    # alpha = eps would leave no step along the gradient: (0, 1) open on both ends
+    "attacks.rfgsm.alpha_fraction": number(0, 1, lo_open=True, hi_open=True),
     "attacks.step_ll.epsilons": epsilon_list(),
     "attacks.pgd.epsilons": epsilon_list(),
     "attacks.pgd.steps": integer(1, 1000),
@@ -267,8 +277,14 @@ SCHEMA: dict[str, Rule] = {
     "defense.model.trainable_blocks": integer(0, 100),
     "defense.model.hidden_units": int_list(1, 65536, unique=False),
     "defense.model.dropout": number(0, 1),
-    **{f"defense.{group}.{key}": rule for group in ("clean", "kurakin")
+    **{f"defense.{group}.{key}": rule for group in ("clean", "kurakin", "deep_defense")
        for key, rule in TRAIN_RULES.items()},
+    "defense.deep_defense.mu": number(0),
+    "defense.deep_defense.c": number(0),
+    "defense.deep_defense.d": number(0),
+    "defense.deep_defense.steps": integer(1, 100),
+    "defense.deep_defense.overshoot": number(0),
+    "defense.deep_defense.candidates": integer(2, 1000),
     "defense.kurakin.adversarial_fraction": number(0, 1, lo_open=True),
     "defense.kurakin.lambda": number(0, lo_open=True),
     "defense.kurakin.eps_stddev": number(0, 1, lo_open=True),
@@ -297,7 +313,9 @@ SCHEMA: dict[str, Rule] = {
     "blackbox.decision.l2_threshold": number(0, lo_open=True),
     # ---------------------------------------------------------------- report
     "report.figure.attack": choice(*ATTACKS),
-    "report.figure.images": int_list(0, 10**9),
+    # null: the first `n_images` images the model classifies correctly
+    "report.figure.images": int_list(0, 10**9, nullable=True),
+    "report.figure.n_images": integer(1, 20),
     "report.figure.epsilons": epsilon_list(),
 }
 
@@ -332,7 +350,7 @@ CROSS_CHECKS: tuple[Callable[[Mapping[str, Any]], list[str]], ...] = (
 
 # --------------------------------------------------------------------------- access
 _MISSING = object()
-_ABSENT = object()
+_ABSENT = object()  # a default for get(): "not there", as opposed to "no default given"
 
 
 def get(params: Mapping[str, Any], dotted: str, default: Any = _MISSING) -> Any:
@@ -347,11 +365,78 @@ def get(params: Mapping[str, Any], dotted: str, default: Any = _MISSING) -> Any:
     return node
 
 
+def _groups(schema: Mapping[str, Rule]) -> set[str]:
+    """Every dotted prefix of a schema key ('attacks', 'attacks.fgm', ...): the mappings."""
+    return {".".join(key.split(".")[:i]) for key in schema for i in range(1, key.count(".") + 1)}
+
+
+def _unknown_keys(params: Mapping[str, Any], schema: Mapping[str, Rule]) -> list[str]:
+    """Keys of ``params`` that the schema does not declare, each with a hint.
+
+    A schema key is a leaf: its rule checks the whole value (a mapping such as
+    ``data.defense_set.split`` included), so its children are not walked. A group
+    whose children are free-form must therefore be declared as a key of its own.
+    """
+    groups = _groups(schema)
+    known = set(schema) | groups
+    problems = []
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for child in node:
+            full = f"{prefix}{child}"
+            if full in schema:
+                continue
+            if full in groups:
+                if isinstance(node[child], Mapping):
+                    walk(node[child], full + ".")
+                else:
+                    problems.append(f"'{full}' must be a mapping (got {node[child]!r})")
+                continue
+            problems.append(f"unknown key '{full}'{_hint(str(full), prefix, known)}")
+
+    walk(params, "")
+    return problems
+
+
+def _hint(full: str, prefix: str, known: set[str]) -> str:
+    """' (did you mean ...?)' from the same group, else the same leaf name elsewhere."""
+    names = sorted(k[len(prefix):] for k in known
+                   if k.startswith(prefix) and "." not in k[len(prefix):])
+    leaf = full[len(prefix):]
+    close = [prefix + c for c in difflib.get_close_matches(leaf, names, n=1, cutoff=0.7)]
+    if not close:
+        close = sorted(k for k in known if k.rsplit(".", 1)[-1] == leaf)[:1]
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    group = f"'{prefix.rstrip('.')}'" if prefix else "the top level"
+    return f" ({group} takes: {', '.join(names)})"
+
+
+WEIGHT_FILE_MODELS = ("resnet50", "vgg16")
+
+
+def _cross_checks(params: Mapping[str, Any]) -> list[str]:
+    """Rules that tie two keys together (run once every key is valid on its own)."""
+    problems = []
+    name = get(params, "model.name")
+    if get(params, "model.weights_path", None) is not None and name not in WEIGHT_FILE_MODELS:
+        problems.append(
+            f"'model.weights_path' applies only to {' and '.join(WEIGHT_FILE_MODELS)} (a Keras "
+            f".h5 weight file); model '{name}' does not use it: set it to null")
+    if name in WEIGHT_FILE_MODELS and get(params, "data.image_size") != 224:
+        problems.append(f"'data.image_size' must be 224 for model '{name}' (its ImageNet "
+                        f"classifier is fixed), got {get(params, 'data.image_size')}")
+    return problems
+
+
 def validate(params: Mapping[str, Any], schema: Mapping[str, Rule] = SCHEMA) -> None:
-    """Check ``params`` against ``schema``; raise one :class:`ParamsError` listing every problem."""
+    """Check ``params`` against ``schema``: every key known, every value allowed.
+
+    Raises one :class:`ParamsError`, on one line, listing every problem.
+    """
     if not isinstance(params, Mapping):
         raise ParamsError("params.yaml: the top level must be a mapping")
-    problems = []
+    problems = _unknown_keys(params, schema)
     for key, rule in schema.items():
         value = get(params, key, _ABSENT)
         if value is _ABSENT:
@@ -364,8 +449,9 @@ def validate(params: Mapping[str, Any], schema: Mapping[str, Rule] = SCHEMA) -> 
     if schema is SCHEMA and not problems:
         for cross in CROSS_CHECKS:
             problems.extend(cross(params))
+        problems.extend(_cross_checks(params))
     if problems:
-        raise ParamsError("params.yaml is invalid:\n  - " + "\n  - ".join(problems))
+        raise ParamsError("params.yaml is invalid: " + "; ".join(problems))
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

@@ -102,6 +102,21 @@ class Timer:
         return False
 
 
+def rho2(perturbation_l2, image_l2, success) -> float:
+    """Robustness rho_2 (proposal eq. 14): mean of ||r||_2 / ||x||_2 over the successful examples.
+
+    ``perturbation_l2``: ||x' - x||_2 per example; ``image_l2``: ||x||_2; ``success``: bool,
+    the attack changed the prediction (the reference class is the model's prediction).
+    NaN when no example succeeded.
+    """
+    r = np.asarray(perturbation_l2, dtype=np.float64)
+    x = np.asarray(image_l2, dtype=np.float64)
+    ok = np.asarray(success, dtype=bool)
+    if not ok.any():
+        return float("nan")
+    return float(np.mean(r[ok] / np.maximum(x[ok], 1e-12)))
+
+
 def masking_checks(whitebox: dict, transfer: dict | None, *, chance: float,
                    margin: float = 0.1, iterative: str = "pgd") -> dict:
     """The gradient-masking checks of Carlini et al. (2019) for one model.
@@ -146,3 +161,16 @@ def masking_checks(whitebox: dict, transfer: dict | None, *, chance: float,
     return {"iterative_beats_one_step": iterative_ok, "whitebox_beats_transfer": transfer_ok,
             "falls_towards_chance": chance_ok, "chance": chance, "flags": flags,
             "passed": bool(iterative_ok and transfer_ok is not False and chance_ok is not False)}
+
+
+def first_correct(forward: Callable[[tf.Tensor], tf.Tensor], images: np.ndarray,
+                  labels: np.ndarray, n: int, batch_size: int = 32) -> list[int]:
+    """Positions of the first ``n`` images whose top-1 prediction is right (fewer if
+    there are not ``n``); stops predicting as soon as it has them."""
+    found: list[int] = []
+    for start, x, y in iterate_batches(images, labels, batch_size):
+        pred = forward(tf.constant(x)).numpy().argmax(1)
+        found += [start + int(i) for i in np.flatnonzero(pred == y)]
+        if len(found) >= n:
+            break
+    return found[:n]

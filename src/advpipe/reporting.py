@@ -16,11 +16,19 @@ import numpy as np
 import pandas as pd
 
 
+def _temporary(path: Path) -> Path:
+    """A temporary name beside ``path`` that .gitignore ignores (``*.tmp``)."""
+    return path.with_name(path.name + ".tmp")
+
+
 def _atomic_write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = _temporary(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -39,17 +47,23 @@ def _json_safe(obj):
     return obj
 
 
-def _save_figure(fig, path: str | Path) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
+def _save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it.
+
+    The PNG goes to ``<name>.tmp`` first (ignored by git), then replaces ``path``; if
+    anything fails, the temporary file is removed and ``path`` keeps its old content.
+    """
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    tmp = _temporary(path)
+    try:
+        fig.savefig(tmp, format="png", **savefig_kwargs)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -89,40 +103,56 @@ def plot_accuracy_vs_eps(curves: Mapping[str, pd.DataFrame], metric: str, path: 
     ax.set_ylabel(f"{metric} accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(title or f"{metric} accuracy vs ε")
+    ax.set_title(title or f"{metric} accuracy vs ε", fontsize=10)
     ax.legend(fontsize=8)
+    fig.tight_layout()
     return _save_figure(fig, path)
+
+
+def amplified(eta: np.ndarray) -> tuple[np.ndarray, float]:
+    """A perturbation made visible: eta / (2 max|eta|) + 0.5 (grey = no change), and the gain."""
+    peak = float(np.abs(eta).max())
+    if peak == 0:
+        return np.full_like(eta, 0.5), 0.0
+    return eta / (2 * peak) + 0.5, 0.5 / peak
 
 
 def adversarial_figure(originals: np.ndarray, adversarials: Sequence[np.ndarray],
                        epsilons: Sequence[float], clean_titles: Sequence[str],
                        adv_titles: Sequence[Sequence[str]], path: str | Path,
-                       attack: str) -> Path:
-    """The proposal's Figure 4: rows (image, eps); columns original | perturbation | adversarial.
+                       attack: str, title: str | None = None) -> Path:
+    """The proposal's Figure 4, one column block per image.
 
+    Row 0 shows each original once; then one row per eps with the perturbation
+    (amplified, grey = no change) and the adversarial image side by side.
     ``adversarials[j]`` holds the batch for ``epsilons[j]``; ``adv_titles[j][i]`` its titles.
-    The perturbation is shown amplified: eta / (2 max|eta|) + 0.5 (grey = no change).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(i, j) for i in range(len(originals)) for j in range(len(epsilons))]
-    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3.3 * len(rows)), dpi=100, squeeze=False)
-    for r, (i, j) in enumerate(rows):
-        x = originals[i]
-        eta = adversarials[j][i] - x
-        peak = float(np.abs(eta).max())
-        shown = eta / (2 * peak) + 0.5 if peak > 0 else np.full_like(eta, 0.5)
-        panels = [(x, f"original\n{clean_titles[i]}"),
-                  (shown, f"perturbation, ε = {epsilons[j]:g}\n(×{0.5 / peak:.0f} to be visible)"
-                   if peak > 0 else f"perturbation, ε = {epsilons[j]:g}\n(none)"),
-                  (adversarials[j][i], f"{attack}, ε = {epsilons[j]:g}\npredicted: {adv_titles[j][i]}")]
-        for ax, (img, title) in zip(axes[r], panels):
-            ax.imshow(np.clip(img, 0, 1))
-            ax.set_title(title, fontsize=9)
-            ax.axis("off")
+    n, rows = len(originals), 1 + len(epsilons)
+    fig = plt.figure(figsize=(3.6 * n, 2.0 * rows + 0.4), dpi=80)
+    grid = fig.add_gridspec(rows, 2 * n)
+
+    def panel(cell, img, text):
+        ax = fig.add_subplot(cell)
+        ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
+        ax.set_title(text, fontsize=8)
+        ax.axis("off")
+
+    for i in range(n):
+        panel(grid[0, 2 * i:2 * i + 2], originals[i], f"original\n{clean_titles[i]}")
+        for j, eps in enumerate(epsilons):
+            shown, gain = amplified(adversarials[j][i] - originals[i])
+            panel(grid[1 + j, 2 * i], shown,
+                  f"ε = {eps:g}: perturbation\n" + (f"(×{gain:.0f})" if gain else "(none)"))
+            panel(grid[1 + j, 2 * i + 1], adversarials[j][i],
+                  f"{attack}, ε = {eps:g}\n{adv_titles[j][i]}")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return _save_figure(fig, path)
 
 

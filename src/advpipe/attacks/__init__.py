@@ -4,7 +4,7 @@
 """
 
 from .base import Attack, LossGradient, OneStepAttack, Prepared
-from .deepfool import DeepFoolResult, deepfool
+from .deepfool import DeepFoolResult, deepfool, deepfool_foolbox, deepfool_tf, make_deepfool
 from .fgm import FGM
 from .fgsm import FGSM
 from .pgd import PGD
@@ -19,4 +19,5 @@ ONE_STEP = {name: attack_class(name) for name in ONE_STEP_NAMES}
 __all__ = ["Attack", "FGM", "FGSM", "PGD", "RFGSM", "StepLL", "LossGradient", "OneStepAttack",
            "Prepared", "ATTACKS", "ONE_STEP", "ONE_STEP_NAMES", "ITERATIVE_NAMES",
            "attack_class", "attack_options", "build_attack", "make_attack", "sweep",
-           "SweepResult", "deepfool", "DeepFoolResult"]
+           "SweepResult", "deepfool", "DeepFoolResult", "deepfool_tf", "make_deepfool",
+           "deepfool_foolbox"]

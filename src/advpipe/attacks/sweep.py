@@ -28,19 +28,23 @@ class SweepResult:
     seconds: float
 
     def to_metrics(self) -> dict:
-        """Nested, JSON-ready metrics (what the attack stages write)."""
-        per_image = self.seconds / self.n_images if self.n_images else float("nan")
+        """Nested, JSON-ready metrics (what the attack stages write); no timing."""
         return {
             "attack": self.attack,
             "n_images": self.n_images,
             "clean": self.clean,
             "eps": {f"{e:g}": self.by_epsilon[e] for e in self.epsilons},
-            "timing": {
-                "seconds": round(self.seconds, 3),
-                "n_epsilons": len(self.epsilons),
-                "seconds_per_image": round(per_image, 5),
-                "images_per_second": round(1.0 / per_image, 3) if per_image else None,
-            },
+        }
+
+    def timing(self) -> dict:
+        """Wall-clock figures (not metrics: they change on every run)."""
+        per_image = self.seconds / self.n_images if self.n_images else float("nan")
+        return {
+            "seconds": round(self.seconds, 3),
+            "n_images": self.n_images,
+            "n_epsilons": len(self.epsilons),
+            "seconds_per_image": round(per_image, 5),
+            "images_per_second": round(1.0 / per_image, 3) if per_image else None,
         }
 
     def rows(self) -> list[dict]:

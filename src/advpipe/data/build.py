@@ -65,10 +65,11 @@ URL_DEFAULTS = {
     "max_retry_after": 30.0,
     "decode_pixels": 16_000_000,
     "background_fraction": 0.6,
-    "background_tolerance": 12,
+    "background_tolerance": 4,
     "text_edge_ratio": 0.35,
     "noise_min_correlation": 0.3,
-    "noise_max_blockiness": 1.8,
+    "noise_max_blockiness": 1.5,
+    "noise_min_block_correlation": 0.1,
     "cross_class": "first",
 }
 
@@ -96,7 +97,8 @@ def from_urls(settings: Mapping, raw_dir: str | Path, classes: list[int], per_cl
         background_tolerance=settings["background_tolerance"],
         text_edge_ratio=float(settings["text_edge_ratio"]),
         noise_min_correlation=float(settings["noise_min_correlation"]),
-        noise_max_blockiness=float(settings["noise_max_blockiness"]))
+        noise_max_blockiness=float(settings["noise_max_blockiness"]),
+        noise_min_block_correlation=float(settings["noise_min_block_correlation"]))
 
     table = imagenet_classes()
     list_path = Path(settings["list"])

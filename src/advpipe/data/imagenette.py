@@ -49,7 +49,8 @@ import numpy as np
 import pandas as pd
 
 from .class_index import imagenet_classes
-from .download import DEFAULT_USER_AGENT, _build_opener, _classify_exception
+from .download import DEFAULT_USER_AGENT
+from .http_fetch import build_opener, classify_exception
 from .errors import DataError
 from .folder import ImageChecks, image_files, load_class_files
 
@@ -109,7 +110,7 @@ def download(url: str, dest: Path, *, timeout: float = 60.0, progress: Progress 
     headers = {"User-Agent": DEFAULT_USER_AGENT, "Accept-Encoding": "identity"}
     if have:
         headers["Range"] = f"bytes={have}-"
-    opener = _build_opener(5)
+    opener = build_opener(5)
     try:
         response = opener.open(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as exc:
@@ -119,7 +120,7 @@ def download(url: str, dest: Path, *, timeout: float = 60.0, progress: Progress 
             return download(url, dest, timeout=timeout, progress=progress, every_s=every_s)
         raise ImagenetteError(f"data.imagenette.url: {url}: HTTP {exc.code}") from None
     except Exception as exc:
-        reason, _ = _classify_exception(exc)
+        reason, _ = classify_exception(exc)
         raise ImagenetteError(f"data.imagenette.url: {url}: {reason}") from None
     with response:
         length = response.headers.get("Content-Length")
@@ -152,7 +153,7 @@ def download(url: str, dest: Path, *, timeout: float = 60.0, progress: Progress 
                 handle.flush()
                 os.fsync(handle.fileno())
         except Exception as exc:
-            reason, _ = _classify_exception(exc)
+            reason, _ = classify_exception(exc)
             raise ImagenetteError(
                 f"data.imagenette.url: download of {url} interrupted at {_fmt_mb(done)} "
                 f"({reason}); rerun to resume") from None

@@ -23,12 +23,26 @@ with a machine-readable ``reason``):
    decode (``truncated`` or ``decode_error:<msg>``); any Python warning Pillow
    emits while opening or decoding (``corrupt:<msg>``);
 6. conversion to RGB (first frame of animations; ``unsupported_mode:<mode>``);
-7. not statistically noise (``noise``): on a centre crop of the full-resolution
-   greyscale image, the correlation of horizontally/vertically adjacent pixels
-   must be at least ``noise_min_correlation`` (photos: 0.8-1.0, white noise:
-   about 0), and for JPEGs decoded at full size the mean step across 8x8 block
-   borders must not exceed ``noise_max_blockiness`` times the step inside
-   blocks (photos: about 1.0-1.2; garbage entropy data: 2.5 and more);
+7. not statistically noise (``noise``), judged on a centre crop of the
+   full-resolution greyscale image:
+
+   - the image must have smooth structure at *some* scale: the correlation of
+     horizontally/vertically adjacent pixels (the smaller of the two), at full
+     resolution or after 2x2 or 4x4 box averaging (the largest of the three),
+     must be at least ``noise_min_correlation`` (white noise: about 0 at every
+     scale; genuine photos: 0.62 and more -- a photo whose fine texture or
+     sensor noise decorrelates neighbouring pixels is still smooth once
+     averaged);
+   - a JPEG decoded at full size is noise when its 8x8 blocks are *both*
+     blocky -- the mean step across block borders exceeds
+     ``noise_max_blockiness`` times the step inside blocks -- *and* without
+     structure inside: with each block's mean removed, the correlation of
+     adjacent pixels within blocks is below ``noise_min_block_correlation``.
+     Garbage entropy data decodes to blocks of random DCT coefficients
+     (blockiness 2.2-2.8, in-block correlation -0.2-0.0); heavily compressed
+     genuine photos can be as blocky (up to 2.2 on Imagenette) but their blocks
+     hold smooth gradients (in-block correlation 0.17 and more; 0.6 and more
+     among those above 1.5);
 8. not a placeholder (:mod:`advpipe.data.placeholders`:
    ``placeholder_uniform``, ``placeholder_text``).
 
@@ -57,6 +71,8 @@ from .placeholders import placeholder_reason
 IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 #: Side of the centre crop the noise statistics look at.
 _NOISE_SIDE = 512
+#: Box-averaging factors at which the noise test looks for smooth structure.
+_NOISE_SCALES = (1, 2, 4)
 #: Bytes removed from the end of a single-scan JPEG's data by the extraneous-data test.
 _EXTRANEOUS_BYTES = 8
 
@@ -98,10 +114,11 @@ class ValidationSettings:
     uniform_std: float = 4.0
     placeholder_max_colors: int = 8
     background_fraction: float = 0.6
-    background_tolerance: int = 12
+    background_tolerance: int = 4
     text_edge_ratio: float = 0.35
     noise_min_correlation: float = 0.3
-    noise_max_blockiness: float = 1.8
+    noise_max_blockiness: float = 1.5
+    noise_min_block_correlation: float = 0.1
 
     def check(self) -> None:
         """Raise ValueError naming the first out-of-range field."""
@@ -134,28 +151,66 @@ def check_truncation_flag() -> None:
         )
 
 
+def _adjacent_correlation(image: np.ndarray) -> float | None:
+    """The smaller of the horizontal and vertical adjacent-pixel correlations (None: flat)."""
+    correlations = []
+    for a, b in ((image[:, :-1], image[:, 1:]), (image[:-1], image[1:])):
+        if a.size == 0:
+            continue
+        a, b = a - a.mean(), b - b.mean()
+        denominator = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+        if denominator > 0:
+            correlations.append(float((a * b).sum()) / denominator)
+    return min(correlations) if correlations else None
+
+
+def _box_average(image: np.ndarray, factor: int) -> np.ndarray:
+    height, width = image.shape[0] // factor * factor, image.shape[1] // factor * factor
+    return image[:height, :width].reshape(height // factor, factor, width // factor, factor).mean(axis=(1, 3))
+
+
+def _in_block_correlation(crop: np.ndarray) -> float:
+    """Adjacent-pixel correlation inside 8x8 blocks, each block's mean removed (min of h/v).
+
+    Pairs across block borders are left out, so the blocks' mean levels (the DC
+    random walk of garbage entropy data) do not count: only the structure inside
+    the blocks does.  Flat blocks contribute nothing.
+    """
+    height, width = crop.shape[0] // 8 * 8, crop.shape[1] // 8 * 8
+    blocks = crop[:height, :width].reshape(height // 8, 8, width // 8, 8).transpose(0, 2, 1, 3)
+    blocks = blocks - blocks.mean(axis=(2, 3), keepdims=True)
+    correlations = []
+    for a, b in ((blocks[..., :, :-1], blocks[..., :, 1:]), (blocks[..., :-1, :], blocks[..., 1:, :])):
+        denominator = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+        correlations.append(float((a * b).sum()) / denominator if denominator > 0 else 1.0)
+    return min(correlations)
+
+
+def _blockiness(crop: np.ndarray) -> float:
+    """Mean step across 8x8 block borders / (mean step inside blocks + 1), worst direction."""
+    ratios = []
+    for step in (np.abs(np.diff(crop, axis=1)), np.abs(np.diff(crop, axis=0)).T):
+        border = step[:, 7::8].mean()
+        inside = np.delete(step, np.s_[7::8], axis=1).mean()
+        ratios.append(float(border / (inside + 1.0)))
+    return max(ratios)
+
+
 def _noise_reason(gray: np.ndarray, jpeg_grid: bool, settings: ValidationSettings) -> str | None:
     """``noise`` when the image is statistically noise (see the module docstring)."""
     height, width = gray.shape
     top = ((height - min(height, _NOISE_SIDE)) // 2) // 8 * 8
     left = ((width - min(width, _NOISE_SIDE)) // 2) // 8 * 8
     crop = gray[top:top + _NOISE_SIDE, left:left + _NOISE_SIDE].astype(np.float32)
-    correlations = []
-    for a, b in ((crop[:, :-1], crop[:, 1:]), (crop[:-1], crop[1:])):
-        a, b = a - a.mean(), b - b.mean()
-        denominator = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-        if denominator > 0:
-            correlations.append(float((a * b).sum()) / denominator)
-    if correlations and min(correlations) < settings.noise_min_correlation:
+    structure = [c for c in (_adjacent_correlation(_box_average(crop, factor) if factor > 1 else crop)
+                             for factor in _NOISE_SCALES if min(crop.shape) >= 2 * factor)
+                 if c is not None]
+    if structure and max(structure) < settings.noise_min_correlation:
         return "noise"
-    if jpeg_grid and crop.shape[0] >= 16 and crop.shape[1] >= 16:
-        ratios = []
-        for step in (np.abs(np.diff(crop, axis=1)), np.abs(np.diff(crop, axis=0)).T):
-            border = step[:, 7::8].mean()
-            inside = np.delete(step, np.s_[7::8], axis=1).mean()
-            ratios.append(border / (inside + 1.0))
-        if max(ratios) > settings.noise_max_blockiness:
-            return "noise"
+    if (jpeg_grid and crop.shape[0] >= 16 and crop.shape[1] >= 16
+            and _blockiness(crop) > settings.noise_max_blockiness
+            and _in_block_correlation(crop) < settings.noise_min_block_correlation):
+        return "noise"
     return None
 
 

@@ -33,6 +33,11 @@ def make_method(name: str, model, params: Mapping):
         return AdversarialTraining(attack, adversarial_fraction=group["adversarial_fraction"],
                                    lam=group["lambda"], eps_stddev=group["eps_stddev"],
                                    eps_max=group["eps_max"], seed=params["seed"])
+    if entry.method == "deep_defense":
+        from .deep_defense import DeepDefense
+
+        return DeepDefense(**{k: group[k] for k in ("mu", "c", "d", "steps", "overshoot",
+                                                    "candidates")})
     raise ValueError(f"no training method '{entry.method}'")
 
 
@@ -87,6 +92,16 @@ def train_defense(name: str, params: Mapping, train: tuple, val: tuple, classes:
             evaluate = lambda: {**clean_val(), "val_adv_acc": attacked_accuracy(  # noqa: E731
                 model, params, entry.attack, x_val, y_val, group, "ground_truth")}
             cfg.monitor = "val_adv_acc"
+        elif entry.method == "deep_defense":
+            from ..attacks.deepfool import deepfool, make_deepfool
+
+            clean_val = evaluate
+            run = make_deepfool(model, steps=params["attacks"]["deepfool"]["steps"],
+                                candidates=group["candidates"], overshoot=group["overshoot"])
+            evaluate = lambda: {**clean_val(), "val_rho2": deepfool(  # noqa: E731
+                model, x_val, y_val, batch_size=cfg.batch_size, attack=run,
+                progress=lambda m: None).to_metrics()["rho2"]}
+            cfg.monitor = "val_rho2"
         kwargs = {"to_input": to_input} if to_input else {}
         trainer = Trainer(target, method, cfg, strategy=strategy, evaluate=evaluate,
                           save=lambda epoch: save_model(model, path, {**info, "best_epoch": epoch}),

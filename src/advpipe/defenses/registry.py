@@ -22,6 +22,7 @@ DEFENSES: dict[str, DefenseEntry] = {
     "clean": DefenseEntry("clean", "clean", label="clean head"),
     "kurakin_step_ll": DefenseEntry("kurakin", "kurakin", "step_ll", "Kurakin adv. training (step-LL)"),
     "kurakin_fgsm": DefenseEntry("kurakin", "kurakin", "fgsm", "Kurakin adv. training (FGSM)"),
+    "deep_defense": DefenseEntry("deep_defense", "deep_defense", label="Deep Defense"),
 }
 FINE_TUNED = tuple(n for n in DEFENSES if n != "clean")
 

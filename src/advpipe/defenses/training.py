@@ -34,6 +34,10 @@ import tensorflow as tf
 
 from ..data.images import to_unit_float
 
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite (a hyperparameter problem: reported in one line)."""
+
+
 STAT_KEYS = ("loss_sum", "n", "clean_correct", "clean_n", "adv_correct", "adv_n")
 
 
@@ -192,6 +196,11 @@ class Trainer:
                 t0 = time.perf_counter()
                 stats = self.train_step(inputs[idx], labels[idx], history.steps)
                 history.steps += 1
+                if not math.isfinite(stats["loss_sum"]):
+                    raise TrainingDiverged(
+                        f"{self.method.name}: the loss is {stats['loss_sum']} at step "
+                        f"{history.steps} (epoch {epoch}): training diverged; lower the "
+                        "learning rate (or the regulariser weight) in params.yaml")
                 for k in STAT_KEYS:
                     totals[k] += stats[k]
                 if history.steps == 2:  # the first step includes tracing

@@ -14,21 +14,15 @@ name                      input        weights
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import keras
 
+from .availability import (  # noqa: F401  (re-exported)
+    KERAS_WEIGHT_FILES,
+    WeightsUnavailableError,
+    check_weight_file,
+    unavailable_message,
+)
 from .preprocessing import CaffePreprocess
-
-KERAS_WEIGHT_FILES = {
-    "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
-    "vgg16": "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
-}
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be loaded (typically: no network)."""
 
 
 def build_model(name: str, *, weights: bool = True, weights_path: str | None = None,
@@ -66,26 +60,21 @@ def _keras_application(name: str, *, weights: bool, weights_path: str | None,
 def keras_base(name: str, *, weights: bool, weights_path: str | None) -> keras.Model:
     """The Keras application ``name`` (caffe-preprocessed input, logits out), with weights."""
     app = {"resnet50": keras.applications.ResNet50, "vgg16": keras.applications.VGG16}[name]
-    try:
-        if weights_path:
-            path = Path(weights_path)
-            if not path.is_file():
-                raise FileNotFoundError(f"model.weights_path: '{path}' does not exist")
-            base = app(weights=None, classifier_activation=None, input_shape=(224, 224, 3))
+    if weights_path:
+        path = check_weight_file(weights_path)
+        base = app(weights=None, classifier_activation=None, input_shape=(224, 224, 3))
+        try:
             base.load_weights(str(path))
-        else:
-            base = app(weights="imagenet" if weights else None, classifier_activation=None,
-                       input_shape=(224, 224, 3))
-    except FileNotFoundError:
-        raise
+        except Exception as exc:  # h5py/Keras errors: wrong layers, truncated file, ...
+            raise ValueError(f"model.weights_path: '{path}' does not hold the {name} "
+                             f"weights ({type(exc).__name__}: {exc})") from exc
+        return base
+    try:
+        return app(weights="imagenet" if weights else None, classifier_activation=None,
+                   input_shape=(224, 224, 3))
     except Exception as exc:  # download errors differ by platform (URLError, OSError, ...)
-        target = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models"
         raise WeightsUnavailableError(
-            f"could not load the Keras ImageNet weights of '{name}' ({type(exc).__name__}: "
-            f"{exc}).\nWithout network, download '{KERAS_WEIGHT_FILES[name]}' elsewhere and "
-            f"either place it in {target}/ or set model.weights_path to its path; or choose "
-            f"the offline model 'efficientnet_lite0' (model.name in params.yaml).") from exc
-    return base
+            unavailable_message(name, f"{type(exc).__name__}: {exc}")) from exc
 
 
 #: Where each zoo model's feature extractor ends: the layer whose output feeds the classifier.
