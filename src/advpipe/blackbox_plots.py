@@ -27,7 +27,7 @@ def transfer_heatmap(matrix: np.ndarray, models: Sequence[str], clean: Sequence[
     import matplotlib.pyplot as plt
 
     n = len(models)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.25 * n, 1.2 + 1.1 * n), dpi=110)
+    fig, ax = plt.subplots(figsize=(2.0 + 1.25 * n, 1.9 + 1.1 * n), dpi=110)
     im = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
     for i in range(n):
         for j in range(n):
