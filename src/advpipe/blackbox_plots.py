@@ -99,5 +99,5 @@ def l2_vs_queries(budgets: Sequence[int], medians: Sequence[float], success: Seq
     ax.set_title(f"Decision-based attack on {_short(model)}: distance vs queries\n"
                  f"(labels: share of images fooled within ‖r‖₂ ≤ {threshold:g} at that budget)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(0.02, 0.35))
     return _save_figure(fig, path)
