@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from .attacks import registry as _attack_registry
+from .defenses import registry as _defense_registry
 
 
 class ParamsError(ValueError):
@@ -188,6 +189,25 @@ def free_mapping(required: bool = True) -> Rule:
 MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
           "resnet50", "vgg16", "tiny")
 
+def choice_list(*allowed: Any, required: bool = True) -> Rule:
+    """A non-empty list of distinct values, each one of ``allowed``."""
+
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list) or not v:
+            return f"must be a non-empty list of values from {list(allowed)}"
+        bad = [x for x in v if x not in allowed]
+        if bad:
+            return f"must hold values from {list(allowed)}, got {bad}"
+        if len(set(v)) != len(v):
+            return f"must not repeat a value, got {v}"
+        return None
+
+    return Rule(check, required)
+
+
+TRANSFER_MODELS = tuple(m for m in MODELS if m != "tiny")
+DECISION_ATTACKS = _attack_registry.DECISION_ATTACKS
+
 SCHEMA: dict[str, Rule] = {
     "seed": integer(0),
     # ---------------------------------------------------------------- data
@@ -275,6 +295,22 @@ SCHEMA: dict[str, Rule] = {
     "defense.evaluation.batch_size": integer(1, 4096),
     "defense.evaluation.chance_margin": number(0, 1),
     "defense.evaluation.report_epsilon": number(0, 1, lo_open=True),
+    # ---------------------------------------------------------------- black-box
+    "blackbox.batch_size": integer(1, 4096),
+    "blackbox.native_size": boolean(),
+    "blackbox.transfer.models": choice_list(*TRANSFER_MODELS),
+    "blackbox.transfer.attacks": choice_list(*ATTACKS, "deepfool"),
+    "blackbox.transfer.epsilons": epsilon_list(),
+    "blackbox.transfer.heatmap_epsilon": number(0, 1, lo_open=True),
+    "blackbox.transfer_defense.models": choice_list(*_defense_registry.DEFENSES),
+    "blackbox.decision.model": choice(*TRANSFER_MODELS),
+    "blackbox.decision.attack": choice(*DECISION_ATTACKS),
+    "blackbox.decision.budgets": int_list(1, 10**6, non_empty=True),
+    "blackbox.decision.n_images": integer(1),
+    "blackbox.decision.batch_size": integer(1, 4096),
+    "blackbox.decision.max_gradient_evals": integer(1, 100000),
+    "blackbox.decision.seed": integer(0),
+    "blackbox.decision.l2_threshold": number(0, lo_open=True),
     # ---------------------------------------------------------------- report
     "report.figure.attack": choice(*ATTACKS),
     # null: the first `n_images` images the model classifies correctly
@@ -296,8 +332,20 @@ def _class_choice(params: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _heatmap_epsilon(params: Mapping[str, Any]) -> list[str]:
+    """The heatmaps show one of the transfer epsilons."""
+    eps = get(params, "blackbox.transfer.heatmap_epsilon", None)
+    grid = get(params, "blackbox.transfer.epsilons", None)
+    if eps is not None and isinstance(grid, list) and not any(
+            _is_number(e) and math.isclose(e, eps, rel_tol=1e-9, abs_tol=1e-12) for e in grid):
+        return [f"'blackbox.transfer.heatmap_epsilon' {eps} is not one of "
+                f"'blackbox.transfer.epsilons' {grid}"]
+    return []
+
+
 #: Checks that involve several keys; each returns a list of problems.
-CROSS_CHECKS: tuple[Callable[[Mapping[str, Any]], list[str]], ...] = (_class_choice,)
+CROSS_CHECKS: tuple[Callable[[Mapping[str, Any]], list[str]], ...] = (
+    _class_choice, _heatmap_epsilon)
 
 
 # --------------------------------------------------------------------------- access

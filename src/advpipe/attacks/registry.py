@@ -31,6 +31,9 @@ ATTACKS: dict[str, AttackEntry] = {
 ONE_STEP_NAMES = tuple(n for n, e in ATTACKS.items() if not e.iterative)
 ITERATIVE_NAMES = tuple(n for n, e in ATTACKS.items() if e.iterative)
 
+#: Decision-based (label-only) attacks of :mod:`advpipe.attacks.decision` (Foolbox's).
+DECISION_ATTACKS = ("hopskipjump", "boundary")
+
 
 def attack_class(name: str):
     if name not in ATTACKS:
