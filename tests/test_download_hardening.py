@@ -197,7 +197,7 @@ def test_parse_retry_after() -> None:
 
 def test_retry_after_is_honoured_and_capped(server: ImageServer, tmp_path: Path) -> None:
     date = email.utils.formatdate(time.time() + 2, usegmt=True)
-    limited = Route(status=429, body=b"slow down", content_type="text/plain", headers={"Retry-After": "1"})
+    limited = Route(status=429, body=b"slow down", content_type="text/plain", headers={"Retry-After": "3"})
     dated = Route(status=503, body=b"busy", content_type="text/plain", headers={"Retry-After": date})
     long = Route(status=429, body=b"later", content_type="text/plain", headers={"Retry-After": "3600"})
     urls = [server.add("/ra/seconds.jpg", limited, Route(body=jpeg(seed=3))),
@@ -207,14 +207,15 @@ def test_retry_after_is_honoured_and_capped(server: ImageServer, tmp_path: Path)
                      backoff=0.01, workers=3, max_retry_after=0.5, deadline=5.0)
     rows = {r["url"]: r for r in read_manifest(tmp_path)}
     assert all((r["status"], r["attempts"]) == ("accepted", "2") for r in rows.values()), rows
-    assert float(rows[urls[0]]["elapsed_s"]) < 1.0  # capped at 0.5 s
-    assert float(rows[urls[2]]["elapsed_s"]) < 1.0
+    # capped at 0.5 s: well below the 3 s asked for, with room for a loaded machine
+    assert float(rows[urls[0]]["elapsed_s"]) < 2.5
+    assert float(rows[urls[2]]["elapsed_s"]) < 2.5
     urls = [server.add("/ra/seconds2.jpg", limited, Route(body=jpeg(seed=3))),
             server.add("/ra/date2.jpg", dated, Route(body=jpeg(seed=4)))]
     download_classes({0: entries_for(0, urls)}, 2, tmp_path / "uncapped", timeout=2.0,
                      retries=2, backoff=0.01, workers=2, max_retry_after=30.0, deadline=5.0)
     rows = {r["url"]: r for r in read_manifest(tmp_path / "uncapped")}
-    assert rows[urls[0]]["status"] == "accepted" and float(rows[urls[0]]["elapsed_s"]) >= 1.0
+    assert rows[urls[0]]["status"] == "accepted" and float(rows[urls[0]]["elapsed_s"]) >= 3.0
     assert rows[urls[1]]["status"] == "accepted" and float(rows[urls[1]]["elapsed_s"]) >= 0.9
 
 
