@@ -110,7 +110,10 @@ def train_defense(name: str, params: Mapping, train: tuple, val: tuple, classes:
     best = load_model(path)
     metrics = {"model": name, "classes": classes, "n_train": int(len(x_train)),
                "n_val": int(len(x_val)), "best_epoch": history.best_epoch,
-               "best_val_top1": history.best_val, "epochs_run": len(history.rows),
+               "monitor": cfg.monitor, "best_monitored": history.best_val,
+               "best_val_top1": next((r["val_acc"] for r in history.rows
+                                      if r["epoch"] == history.best_epoch), None),
+               "epochs_run": len(history.rows),
                "steps": history.steps, "stopped_early": history.stopped_early}
     if entry.method == "kurakin":
         metrics["label_leaking"] = label_leaking(best, params, entry.attack, x_train, y_train,

@@ -228,7 +228,7 @@ class Trainer:
                 history.best_val, history.best_epoch = val, epoch
                 self.save(epoch)
             adv = "" if math.isnan(row["adv_acc"]) else f", adv acc {row['adv_acc']:.3f}"
-            shown = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in scores.items())
+            shown = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in scores.items())
             self.log(f"[{self.method.name}] epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f}, "
                      f"clean acc {row['clean_acc']:.3f}{adv}, {shown}"
                      f"{' (best ' + cfg.monitor + ')' if improved else ''}, {seconds:.1f} s")
