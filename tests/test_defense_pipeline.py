@@ -64,7 +64,7 @@ def test_every_defense_model_is_trained_evaluated_and_tabled(run):
         assert 0 < ev["deepfool"]["rho2"] < 0.1
         assert {"iterative_beats_one_step", "whitebox_beats_transfer",
                 "falls_towards_chance", "flags"} <= set(ev["masking"])
-        assert f"| {name} | 10/10/10 |" in table  # n per split in the table
+        assert f"| {name} | 30/30/30 |" in table  # n per split (3 classes x 10) in the table
     assert "Smoke run" in table  # 10 training images per class is not a result
 
 
