@@ -8,7 +8,6 @@ Takes a few minutes: it is the real pipeline on the real bundled images.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
+from conftest import copy_repository
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,22 +30,9 @@ def _run(args, cwd, env):
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     dest = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
-        src = ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    for generated in ["dvc.lock", "metrics", "plots", "data/attack", "data/defense"]:
-        path = dest / generated
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    copy_repository(dest)  # tracked + untracked files, no generated outputs, a git repository
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                DVC_NO_ANALYTICS="1")
-    _run(["git", "init", "-q"], dest, env)
     _run(["dvc", "repro"], dest, env)
     _run(["git", "add", "-A"], dest, env)
     _run(["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "run"],
