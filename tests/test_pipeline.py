@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
+from advpipe.attacks.registry import ATTACKS as REGISTERED_ATTACKS
 from conftest import copy_repository
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def test_baseline_accuracy(repo):
     assert base["top1"] >= 0.85 and base["top5"] >= 0.95
 
 
-ATTACKS = ["fgsm", "fgm", "rfgsm", "step_ll"]
+ATTACKS = list(REGISTERED_ATTACKS)  # every eps-attack stage, PGD included
 
 
 def _timing_free(node):
