@@ -52,3 +52,10 @@ def copy_repository(dest: Path) -> None:
         elif path.exists():
             path.unlink()
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    """The download tests talk to 127.0.0.1: no proxy from the environment in between."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)

@@ -180,12 +180,6 @@ def _make_handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def server() -> Iterator[ImageServer]:
     state = ImageServer()

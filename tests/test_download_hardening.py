@@ -25,7 +25,7 @@ from advpipe.data.http_fetch import parse_retry_after
 from advpipe.data.samples import sample_files
 from advpipe.data.url_lists import read_url_list, select
 from test_download import (  # noqa: F401 (the server fixture is used by name)
-    ImageServer, Route, _no_proxy, encode, entries_for, jpeg, photo, read_manifest,
+    ImageServer, Route, encode, entries_for, jpeg, photo, read_manifest,
     reasons_by_url, server,
 )
 

@@ -132,12 +132,6 @@ def _handler(state: ArchiveServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def server() -> Iterator[ArchiveServer]:
     state = ArchiveServer(body=make_tgz())
