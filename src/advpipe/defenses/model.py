@@ -13,6 +13,9 @@ paper's frozen trunk). Batch-norm layers always stay frozen and in inference mod
 Saved models are standard ``.keras`` files: ``keras.models.load_model`` reads them
 after ``import advpipe`` (which registers the custom preprocessing layers). A JSON
 sidecar (``<name>.json``) records the class list and how the model was trained.
+The ``.keras`` archive is written without a save date (Keras stamps one into
+``metadata.json`` and the zip entries), so identical weights give an identical file and
+DVC sees an unchanged output after a rerun.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -128,6 +132,7 @@ def save_model(model: keras.Model, path: str | Path, info: dict | None = None) -
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     try:
         model.save(tmp)
+        _strip_save_date(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -137,6 +142,22 @@ def save_model(model: keras.Model, path: str | Path, info: dict | None = None) -
         tmp_json.write_text(json.dumps(info, indent=2) + "\n")
         os.replace(tmp_json, side)
     return path
+
+
+def _strip_save_date(path: Path) -> None:
+    """Rewrite the ``.keras`` zip at ``path`` with fixed entry times and no ``date_saved``."""
+    with zipfile.ZipFile(path) as src:
+        entries = [(info, src.read(info)) for info in src.infolist()]
+    with zipfile.ZipFile(path, "w") as dst:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                meta.pop("date_saved", None)
+                data = json.dumps(meta).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = info.external_attr
+            dst.writestr(fixed, data)
 
 
 def load_model(path: str | Path, trainable_blocks: int | None = None) -> keras.Model:
