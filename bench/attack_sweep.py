@@ -25,9 +25,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from advpipe.attacks import make_attack, sweep  # noqa: E402
-from advpipe.data.samples import load_samples  # noqa: E402
 from advpipe.evaluation import TopKCounter, compiled_forward, iterate_batches  # noqa: E402
-from advpipe.models.zoo import build_model  # noqa: E402
+from bench_setup import describe, model_and_samples, model_arguments  # noqa: E402
 
 FOOLBOX = {"fgsm": "LinfFastGradientAttack", "fgm": "L2FastGradientAttack"}
 
@@ -99,8 +98,7 @@ def foolbox_sweep(model, name, images, labels, eps, batch_size):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", default="efficientnet_lite0")
-    ap.add_argument("--random-weights", action="store_true", help="no pretrained weights")
+    model_arguments(ap)
     ap.add_argument("--attacks", default="fgsm", help="comma list of fgsm, fgm")
     ap.add_argument("--n", type=int, nargs="+", default=[50, 200, 800])
     ap.add_argument("--eps", type=float, nargs="+", default=[0.001, 0.005, 0.01, 0.05, 0.1])
@@ -108,13 +106,8 @@ def main() -> None:
     ap.add_argument("--skip-foolbox", action="store_true")
     args = ap.parse_args()
 
-    model = build_model(args.model, weights=not args.random_weights)
-    size = model.input_shape[1]
-    base, manifest = load_samples(size)
-    base_labels = manifest["label"].to_numpy(np.int64)
-    print(f"model {args.model} ({'random' if args.random_weights else 'pretrained'} weights), "
-          f"{len(args.eps)} eps, batch {args.batch_size}, TF {tf.__version__}, "
-          f"{os.cpu_count()} CPUs, GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+    model, base, base_labels = model_and_samples(args)
+    print(describe(args, f"{len(args.eps)} eps, batch {args.batch_size}"))
     header = (f"{'attack':7} {'n':>5} | {'ours img/s':>10} {'s/img':>7} {'+MB':>6} | "
               f"{'foolbox img/s':>13} {'s/img':>7} {'+MB':>6} | {'speed-up':>8} | top1@max eps")
     print(header)

@@ -21,18 +21,15 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from advpipe.attacks.deepfool import (JACOBIAN_MODES, deepfool, deepfool_foolbox,  # noqa: E402
                                       make_deepfool)
-from advpipe.data.samples import load_samples  # noqa: E402
-from advpipe.models.zoo import build_model  # noqa: E402
+from bench_setup import describe, model_and_samples, model_arguments  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", default="efficientnet_lite0")
-    ap.add_argument("--random-weights", action="store_true", help="no pretrained weights")
+    model_arguments(ap)
     ap.add_argument("--n", type=int, nargs="+", default=[20, 100])
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--candidates", type=int, default=10)
@@ -42,16 +39,11 @@ def main() -> None:
     ap.add_argument("--skip-foolbox", action="store_true")
     args = ap.parse_args()
 
-    model = build_model(args.model, weights=not args.random_weights)
-    size = model.input_shape[1]
-    base, manifest = load_samples(size)
-    base_labels = manifest["label"].to_numpy(np.int64)
+    model, base, base_labels = model_and_samples(args)
     opts = dict(steps=args.steps, candidates=args.candidates, overshoot=args.overshoot)
     quiet = lambda m: None  # noqa: E731
-    print(f"model {args.model} ({'random' if args.random_weights else 'pretrained'} weights), "
-          f"steps {args.steps}, candidates {args.candidates}, overshoot {args.overshoot}, "
-          f"batch {args.batch_size}, jacobian {args.jacobian}, TF {tf.__version__}, "
-          f"{os.cpu_count()} CPUs, GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+    print(describe(args, f"steps {args.steps}, candidates {args.candidates}, overshoot "
+                         f"{args.overshoot}, batch {args.batch_size}, jacobian {args.jacobian}"))
 
     attack = make_deepfool(model, jacobian=args.jacobian, **opts)
     t0 = time.perf_counter()

@@ -144,3 +144,26 @@ def write_timing(stage: str, timing: dict) -> str:
     from advpipe.reporting import write_json
 
     return str(write_json(timing_path(stage), timing))
+
+
+def transfer(stage: str, p: dict, models: dict, images, labels, batch_size: int):
+    """Run a transfer matrix as params.yaml configures it and write the stage's CSV
+    (``plots/blackbox/<stage>.csv``), heatmaps (``plots/blackbox/<stage>/``) and timing;
+    log the white-box <= transfer check. Returns the :class:`TransferResult`."""
+    from advpipe.attacks.transfer import transfer_from_params, whitebox_flags
+    from advpipe.blackbox_plots import transfer_heatmaps
+    from advpipe.evaluation import Timer
+    from advpipe.reporting import write_rows_csv
+
+    with Timer() as total:
+        result = transfer_from_params(models, images, labels, p, batch_size=batch_size,
+                                      progress=log)
+    write_rows_csv(f"plots/blackbox/{stage}.csv", result.rows())
+    transfer_heatmaps(result, f"plots/blackbox/{stage}",
+                      get(p, "blackbox.transfer.heatmap_epsilon"),
+                      get(p, "attacks.deepfool.overshoot"))
+    write_timing(stage, {"seconds": round(total.seconds, 2), "per_source": result.seconds,
+                         "n_images": len(images)})
+    flags = whitebox_flags(result)
+    log("white-box <= transfer: " + ("passed" if not flags else "FLAGGED: " + "; ".join(flags)))
+    return result

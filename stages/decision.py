@@ -16,6 +16,7 @@ def main() -> None:
     p = common.params()
     from advpipe.attacks.decision import decision_attack, first_correct
     from advpipe.attacks.deepfool import deepfool
+    from advpipe.attacks.registry import deepfool_options
     from advpipe.blackbox_plots import l2_vs_queries
     from advpipe.models.native_size import build_at_input_size
     from advpipe.reporting import write_json, write_rows_csv
@@ -37,9 +38,7 @@ def main() -> None:
                              batch_size=get(p, "blackbox.decision.batch_size"),
                              max_gradient_evals=get(p, "blackbox.decision.max_gradient_evals"),
                              progress=common.log)
-    df = deepfool(model, images, labels, progress=common.log,
-                  **{k: get(p, f"attacks.deepfool.{k}")
-                     for k in ("steps", "candidates", "overshoot", "batch_size")})
+    df = deepfool(model, images, labels, progress=common.log, **deepfool_options(p))
     ok = df.success
     df_median = float(np.median(df.perturbation_l2[ok])) if ok.any() else float("nan")
     final = result.at_budget(budgets[-1])

@@ -2,7 +2,7 @@
 
 import common
 from advpipe.attacks import deepfool
-from advpipe.config import get
+from advpipe.attacks.registry import deepfool_options
 from advpipe.reporting import write_json
 
 
@@ -10,10 +10,7 @@ def main() -> None:
     p = common.params()
     model = common.model(p)
     images, labels, _ = common.attack_set()
-    result = deepfool(model, images, labels, steps=get(p, "attacks.deepfool.steps"),
-                      candidates=get(p, "attacks.deepfool.candidates"),
-                      overshoot=get(p, "attacks.deepfool.overshoot"),
-                      batch_size=get(p, "attacks.deepfool.batch_size"), progress=common.log)
+    result = deepfool(model, images, labels, progress=common.log, **deepfool_options(p))
     metrics = result.to_metrics()
     common.write_timing("deepfool", metrics.pop("timing", None) or {"seconds": result.seconds})
     write_json("metrics/attacks/deepfool.json", metrics)

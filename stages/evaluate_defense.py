@@ -9,7 +9,7 @@ plots/defense/eval/<name>.csv and timings/evaluate_<name>.json.
 import sys
 
 import common
-from advpipe.attacks.registry import ATTACKS, build_attack
+from advpipe.attacks.registry import ATTACKS, build_attack, deepfool_options
 from advpipe.config import get
 from advpipe.defenses.registry import DEFENSES, model_path
 from advpipe.reporting import write_json, write_rows_csv
@@ -28,12 +28,11 @@ def main(name: str) -> None:
     if name != "clean":
         source = load_model(model_path("clean"))
         transfer = {a: build_attack(a, source, p) for a in ATTACKS}
-    df = p["attacks"]["deepfool"]
     common.log(f"evaluate {name}: {len(images)} images, {len(classes)} classes")
     out = evaluate_defense(
         model, images, labels, whitebox=whitebox, transfer=transfer,
         epsilons=get(p, "defense.evaluation.epsilons"),
-        deepfool_options={k: df[k] for k in ("steps", "candidates", "overshoot", "batch_size")},
+        deepfool_options=deepfool_options(p),
         batch_size=get(p, "defense.evaluation.batch_size"), chance=1.0 / len(classes),
         margin=get(p, "defense.evaluation.chance_margin"), progress=common.log)
     seconds = out.pop("_seconds")

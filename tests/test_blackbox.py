@@ -2,6 +2,7 @@
 and the decision-based attack under a query budget."""
 
 import copy
+import json
 
 import keras
 import numpy as np
@@ -76,6 +77,35 @@ def test_transfer_with_deepfool_uses_its_adversarials(two_models, batch):
     # DeepFool flips source a's prediction (= the labels here): white-box top-1 is ~0
     assert result.top1(DEEPFOOL_KEY, DEEPFOOL_KEY, "a", "a") <= 0.1
     assert result.deepfool_l2["a"] > 0
+
+
+def test_transfer_from_params_reads_attacks_eps_and_deepfool_from_params(two_models, batch):
+    from pathlib import Path
+
+    from advpipe.attacks.registry import DEEPFOOL_OPTIONS, deepfool_options
+    from advpipe.attacks.transfer import transfer_from_params
+    from advpipe.config import load_params
+
+    p = copy.deepcopy(load_params(Path(__file__).resolve().parents[1] / "params.yaml"))
+    p["blackbox"]["transfer"].update(attacks=["rfgsm", DEEPFOOL_KEY], epsilons=[0.1, 0.02])
+    p["attacks"]["deepfool"].update(steps=3, candidates=3)
+    assert list(deepfool_options(p)) == list(DEEPFOOL_OPTIONS)
+    x, y = batch
+    got = transfer_from_params(two_models, x, y, p, batch_size=6, progress=lambda m: None)
+    assert got.attacks == ["rfgsm", DEEPFOOL_KEY] and got.eps_keys("rfgsm") == ["0.02", "0.1"]
+    rfgsm = lambda a, m: make_attack(a, m, seed=p["seed"],  # noqa: E731
+                                     alpha_fraction=p["attacks"]["rfgsm"]["alpha_fraction"])
+    from advpipe.attacks.deepfool import deepfool
+
+    want = transfer_matrix(
+        two_models, rfgsm, x, y, attacks=["rfgsm", DEEPFOOL_KEY], epsilons=[0.02, 0.1],
+        batch_size=6, progress=lambda m: None,
+        deepfool=lambda m, xs, ys: deepfool(m, xs, ys, steps=3, candidates=3,
+                                            overshoot=p["attacks"]["deepfool"]["overshoot"],
+                                            batch_size=6, keep_adversarial=True,
+                                            progress=lambda s: None))
+    same = [json.dumps(r.to_metrics(), sort_keys=True) for r in (got, want)]  # NaN-safe
+    assert same[0] == same[1]
 
 
 def _fake_result(white_b, transfer_ab):

@@ -31,6 +31,9 @@ ATTACKS: dict[str, AttackEntry] = {
 ONE_STEP_NAMES = tuple(n for n, e in ATTACKS.items() if not e.iterative)
 ITERATIVE_NAMES = tuple(n for n, e in ATTACKS.items() if e.iterative)
 
+#: Keys of ``attacks.deepfool`` passed to :func:`advpipe.attacks.deepfool.deepfool`.
+DEEPFOOL_OPTIONS = ("steps", "candidates", "overshoot", "batch_size")
+
 #: Decision-based (label-only) attacks of :mod:`advpipe.attacks.decision` (Foolbox's).
 DECISION_ATTACKS = ("hopskipjump", "boundary")
 
@@ -46,6 +49,12 @@ def attack_options(params: Mapping[str, Any], name: str) -> dict:
     """The constructor options of attack ``name`` from a validated params mapping."""
     group = params["attacks"][name]
     return {key: group[key] for key in ATTACKS[name].options}
+
+
+def deepfool_options(params: Mapping[str, Any]) -> dict:
+    """DeepFool's options (steps, candidates, overshoot, batch size) from ``params.yaml``."""
+    group = params["attacks"]["deepfool"]
+    return {key: group[key] for key in DEEPFOOL_OPTIONS}
 
 
 def make_attack(name: str, model, *, labels: str = "ground_truth", seed: int = 0, **options):

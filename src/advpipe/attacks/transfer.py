@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -191,3 +191,21 @@ def transfer_matrix(models: Mapping[str, object], build: Callable[[str, object],
     clean = {m: np.concatenate(v).astype(bool) if v else np.zeros(0, bool)
              for m, v in clean_parts.items()}
     return TransferResult(names, list(attacks), epsilons, clean, correct, df_l2, seconds)
+
+
+def transfer_from_params(models: Mapping[str, object], images: np.ndarray, labels: np.ndarray,
+                         params: Mapping[str, Any], *, batch_size: int,
+                         progress: Callable[[str], None] | None = None) -> TransferResult:
+    """:func:`transfer_matrix` with attacks, ε and DeepFool as ``params.yaml`` configures them
+    (``blackbox.transfer.attacks``/``epsilons``, ``attacks.<name>``, ``attacks.deepfool``)."""
+    from .deepfool import deepfool
+    from .registry import build_attack, deepfool_options
+
+    options = deepfool_options(params)
+    group = params["blackbox"]["transfer"]
+    return transfer_matrix(
+        models, lambda a, m: build_attack(a, m, params), images, labels,
+        attacks=group["attacks"], epsilons=group["epsilons"], batch_size=batch_size,
+        deepfool=lambda m, x, y: deepfool(m, x, y, keep_adversarial=True, progress=progress,
+                                          **options),
+        progress=progress)

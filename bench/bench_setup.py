@@ -1,0 +1,32 @@
+"""What every benchmark script shares: the model options, the tiled sample images and a
+one-line description of the platform. Imported by the scripts in bench/ (run them as
+``python bench/<name>.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from advpipe.data.samples import load_samples
+from advpipe.models.zoo import build_model
+
+
+def model_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--model", default="efficientnet_lite0")
+    ap.add_argument("--random-weights", action="store_true", help="no pretrained weights")
+
+
+def model_and_samples(args: argparse.Namespace):
+    """The model named by ``--model`` and the 20 bundled samples at its input size."""
+    model = build_model(args.model, weights=not args.random_weights)
+    images, manifest = load_samples(model.input_shape[1])
+    return model, images, manifest["label"].to_numpy(np.int64)
+
+
+def describe(args: argparse.Namespace, settings: str) -> str:
+    return (f"model {args.model} ({'random' if args.random_weights else 'pretrained'} weights), "
+            f"{settings}, TF {tf.__version__}, {os.cpu_count()} CPUs, "
+            f"GPUs: {len(tf.config.list_physical_devices('GPU'))}")
