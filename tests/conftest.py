@@ -1,4 +1,6 @@
+import contextlib
 import os
+from typing import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -59,3 +61,24 @@ def _no_proxy(monkeypatch):
     """The download tests talk to 127.0.0.1: no proxy from the environment in between."""
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
+
+
+@contextlib.contextmanager
+def local_http_server(handler: type) -> Iterator[str]:
+    """Serve ``handler`` on 127.0.0.1 (a free port) in a background thread; yields the base URL.
+    Handler errors from clients that hang up (timeout tests) are not printed."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)

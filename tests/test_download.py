@@ -17,11 +17,12 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import local_http_server
 from PIL import Image, ImageFile
 
 from advpipe.data.download import (
@@ -183,18 +184,9 @@ def _make_handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def server() -> Iterator[ImageServer]:
     state = ImageServer()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
-    httpd.daemon_threads = True
-    httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]
-    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with local_http_server(_make_handler(state)) as base:
+        state.base = base
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 # --------------------------------------------------------------------------

@@ -16,11 +16,12 @@ import tarfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import local_http_server
 import yaml
 from PIL import Image
 
@@ -135,19 +136,9 @@ def _handler(state: ArchiveServer) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def server() -> Iterator[ArchiveServer]:
     state = ArchiveServer(body=make_tgz())
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
-    httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]
-    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
+    with local_http_server(_handler(state)) as base:
+        state.base = base
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 def settings(cache: Path, **kw) -> dict:
