@@ -150,11 +150,22 @@ def test_saved_model_loads_with_plain_keras_and_gives_the_same_logits(tmp_path, 
 
 
 def test_saving_the_same_weights_twice_gives_the_same_file(tmp_path, defense_model, data):
-    # Keras stamps the save time (seconds) into the archive; DVC would see a new output
+    # Keras stamps the save time (seconds) and Python object ids into the archive; DVC would
+    # see a new output each time. Saved twice here, a second apart; then the same model built
+    # and saved in two fresh processes, as two runs of a training stage do.
     save_model(defense_model, tmp_path / "a.keras")
     time.sleep(1.1)
     save_model(defense_model, tmp_path / "b.keras")
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    for name in ("c", "d"):
+        code = textwrap.dedent(f"""
+            from advpipe.defenses.model import build_defense_model, save_model
+            model = build_defense_model("tiny", 3, hidden_units=[8], image_size=32, seed=2)
+            save_model(model, {str(tmp_path / f'{name}.keras')!r})
+        """)
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert (tmp_path / "c.keras").read_bytes() == (tmp_path / "d.keras").read_bytes()
     x, _ = data
     np.testing.assert_array_equal(load_model(tmp_path / "b.keras")(x).numpy(),
                                   defense_model(x).numpy())

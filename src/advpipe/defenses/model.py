@@ -13,9 +13,9 @@ paper's frozen trunk). Batch-norm layers always stay frozen and in inference mod
 Saved models are standard ``.keras`` files: ``keras.models.load_model`` reads them
 after ``import advpipe`` (which registers the custom preprocessing layers). A JSON
 sidecar (``<name>.json``) records the class list and how the model was trained.
-The ``.keras`` archive is written without a save date (Keras stamps one into
-``metadata.json`` and the zip entries), so identical weights give an identical file and
-DVC sees an unchanged output after a rerun.
+The ``.keras`` archive is written without the save date and the Python object ids Keras
+stamps into it, so identical weights give an identical file and DVC sees an unchanged
+output after a rerun.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def save_model(model: keras.Model, path: str | Path, info: dict | None = None) -
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     try:
         model.save(tmp)
-        _strip_save_date(tmp)
+        _make_reproducible(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -144,8 +144,11 @@ def save_model(model: keras.Model, path: str | Path, info: dict | None = None) -
     return path
 
 
-def _strip_save_date(path: Path) -> None:
-    """Rewrite the ``.keras`` zip at ``path`` with fixed entry times and no ``date_saved``."""
+def _make_reproducible(path: Path) -> None:
+    """Rewrite the ``.keras`` zip at ``path`` without what changes from one save to the next:
+    the save date (``metadata.json``, zip entry times) and the ``shared_object_id`` values in
+    ``config.json`` (Python object ids; renumbered 1, 2, ... in order of appearance, which keeps
+    which objects are shared)."""
     with zipfile.ZipFile(path) as src:
         entries = [(info, src.read(info)) for info in src.infolist()]
     with zipfile.ZipFile(path, "w") as dst:
@@ -154,10 +157,22 @@ def _strip_save_date(path: Path) -> None:
                 meta = json.loads(data)
                 meta.pop("date_saved", None)
                 data = json.dumps(meta).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_renumber_shared_objects(json.loads(data), {})).encode()
             fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
             fixed.compress_type = info.compress_type
             fixed.external_attr = info.external_attr
             dst.writestr(fixed, data)
+
+
+def _renumber_shared_objects(node, ids: dict):
+    if isinstance(node, dict):
+        return {key: (ids.setdefault(value, len(ids) + 1) if key == "shared_object_id"
+                      else _renumber_shared_objects(value, ids))
+                for key, value in node.items()}
+    if isinstance(node, list):
+        return [_renumber_shared_objects(value, ids) for value in node]
+    return node
 
 
 def load_model(path: str | Path, trainable_blocks: int | None = None) -> keras.Model:
