@@ -129,6 +129,15 @@ def test_forced_rerun_leaves_metrics_diff_empty(repo):
     assert (d / "timings/attack_fgsm.json").is_file()
 
 
+def test_forced_retrain_writes_the_same_model_file(repo):
+    """A rerun of a training stage gives a byte-identical .keras: nothing downstream is stale."""
+    d, env = repo
+    before = (d / "models/defense/clean.keras").read_bytes()
+    _run(["dvc", "repro", "-f", "-s", "train_clean"], d, env)
+    assert (d / "models/defense/clean.keras").read_bytes() == before
+    assert "up to date" in _run(["dvc", "status"], d, env)
+
+
 def test_second_repro_is_a_no_op_and_one_eps_change_reruns_one_attack(repo):
     d, env = repo
     assert "up to date" in _run(["dvc", "status"], d, env)
