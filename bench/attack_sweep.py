@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from advpipe.attacks import make_attack, sweep  # noqa: E402
-from advpipe.evaluation import TopKCounter, compiled_forward, iterate_batches  # noqa: E402
+from advpipe.inference import compiled_forward, iterate_batches  # noqa: E402
+from advpipe.metrics import TopKCounter  # noqa: E402
 from bench_setup import describe, model_and_samples, model_arguments  # noqa: E402
 
 FOOLBOX = {"fgsm": "LinfFastGradientAttack", "fgm": "L2FastGradientAttack"}

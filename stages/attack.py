@@ -7,10 +7,11 @@ Writes metrics/attacks/<name>.json, plots/attacks/<name>.csv and timings/attack_
 import sys
 
 import common
-from advpipe.attacks.registry import ATTACKS, attack_options, build_attack
+from advpipe.attacks.registry import ATTACKS
 from advpipe.attacks.sweep import sweep
 from advpipe.config import get
 from advpipe.reporting import write_json, write_rows_csv
+from wiring import attack_options, build_attack
 
 
 def main(name: str) -> None:

@@ -8,12 +8,12 @@ import numpy as np
 
 import common
 import tensorflow as tf
-from advpipe.attacks.registry import build_attack
 from advpipe.config import get
 from advpipe.data.class_index import imagenet_classes
 from advpipe.data.images import to_unit_float
-from advpipe.evaluation import first_correct
+from advpipe.inference import first_correct
 from advpipe.reporting import adversarial_figure
+from wiring import build_attack
 
 
 def titles(logits: np.ndarray) -> list[str]:

@@ -2,7 +2,8 @@
 
 import common
 from advpipe.config import get
-from advpipe.evaluation import Timer, accuracy, predict_logits
+from advpipe.inference import predict_logits
+from advpipe.metrics import Timer, accuracy
 from advpipe.reporting import write_json
 
 

@@ -150,10 +150,11 @@ def transfer(stage: str, p: dict, models: dict, images, labels, batch_size: int)
     """Run a transfer matrix as params.yaml configures it and write the stage's CSV
     (``plots/blackbox/<stage>.csv``), heatmaps (``plots/blackbox/<stage>/``) and timing;
     log the white-box <= transfer check. Returns the :class:`TransferResult`."""
-    from advpipe.attacks.transfer import transfer_from_params, whitebox_flags
+    from advpipe.attacks.transfer import whitebox_flags
     from advpipe.blackbox_plots import transfer_heatmaps
-    from advpipe.evaluation import Timer
+    from advpipe.metrics import Timer
     from advpipe.reporting import write_rows_csv
+    from wiring import transfer_from_params
 
     with Timer() as total:
         result = transfer_from_params(models, images, labels, p, batch_size=batch_size,

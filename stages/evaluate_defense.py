@@ -9,10 +9,11 @@ plots/defense/eval/<name>.csv and timings/evaluate_<name>.json.
 import sys
 
 import common
-from advpipe.attacks.registry import ATTACKS, build_attack, deepfool_options
+from advpipe.attacks.registry import ATTACKS
 from advpipe.config import get
 from advpipe.defenses.registry import DEFENSES, model_path
 from advpipe.reporting import write_json, write_rows_csv
+from wiring import build_attack, deepfool_options
 
 
 def main(name: str) -> None:

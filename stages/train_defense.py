@@ -10,6 +10,7 @@ import sys
 import common
 from advpipe.defenses.registry import DEFENSES
 from advpipe.reporting import write_json, write_rows_csv
+from wiring import defense_setup
 
 
 def main(name: str) -> None:
@@ -21,9 +22,10 @@ def main(name: str) -> None:
                          f"{len(val_x)} val images; training needs both")
     common.log(f"{name}: {len(classes)} classes {classes}, {len(train_x)} train / "
                f"{len(val_x)} val images")
-    from advpipe.defenses.fit import train_defense
+    from advpipe.defenses.train import train_defense
 
-    out = train_defense(name, p, (train_x, train_y), (val_x, val_y), classes, log=common.log)
+    out = train_defense(name, defense_setup(p, name), (train_x, train_y), (val_x, val_y), classes,
+                        log=common.log)
     write_json(f"metrics/defense/train/{name}.json", out["metrics"])
     write_rows_csv(f"plots/defense/curves/{name}.csv", out["curves"])
     common.write_timing(f"train@{name}", out["timings"])

@@ -1,8 +1,12 @@
 import contextlib
 import os
+import sys
 from typing import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# stage-side helpers (stages/wiring.py: params -> plain arguments) are importable in tests
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "stages"))
 
 from pathlib import Path  # noqa: E402
 

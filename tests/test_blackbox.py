@@ -82,8 +82,8 @@ def test_transfer_with_deepfool_uses_its_adversarials(two_models, batch):
 def test_transfer_from_params_reads_attacks_eps_and_deepfool_from_params(two_models, batch):
     from pathlib import Path
 
-    from advpipe.attacks.registry import DEEPFOOL_OPTIONS, deepfool_options
-    from advpipe.attacks.transfer import transfer_from_params
+    from advpipe.attacks.registry import DEEPFOOL_OPTIONS
+    from wiring import deepfool_options, transfer_from_params
     from advpipe.config import load_params
 
     p = copy.deepcopy(load_params(Path(__file__).resolve().parents[1] / "params.yaml"))

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from advpipe.attacks import deepfool
 from advpipe.attacks.deepfool import deepfool_foolbox, deepfool_tf, make_deepfool
-from advpipe.evaluation import rho2
+from advpipe.metrics import rho2
 
 QUIET = {"progress": lambda m: None}
 

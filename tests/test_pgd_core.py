@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from advpipe.attacks import PGD, build_attack, core
+from advpipe.attacks import PGD, core
+from wiring import build_attack
 from advpipe.attacks.base import example_seeds
 
 

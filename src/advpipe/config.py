@@ -5,14 +5,19 @@ Every hyperparameter of the pipeline lives in ``params.yaml``. Stage scripts cal
 :data:`SCHEMA` and fails with a :class:`ParamsError` that names the offending key
 and the allowed values, before any expensive work starts.
 
-The library itself never reads ``params.yaml``: stage scripts pass plain values.
+This is the params layer, and the one home of every key: its allowed values, its
+default and its description (``docs/parameters.md`` is generated from :data:`SCHEMA` by
+``tools/params_doc.py``). The library never reads ``params.yaml`` and nothing else
+under ``src/advpipe/`` imports this module: stage scripts (``stages/wiring.py``) turn
+params into plain values. Defaults of optional keys that the library applies when a
+key is absent are read here from the library's own dataclasses, not written twice.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -20,6 +25,7 @@ import yaml
 
 from .attacks import registry as _attack_registry
 from .defenses import registry as _defense_registry
+from .models import registry as _model_registry
 
 
 class ParamsError(ValueError):
@@ -29,18 +35,42 @@ class ParamsError(ValueError):
 # --------------------------------------------------------------------------- rules
 @dataclass(frozen=True)
 class Rule:
-    """How to check one dotted key: ``check(value) -> error text or None``."""
+    """How to check one dotted key: ``check(value) -> error text or None``.
+
+    ``kind`` says what the rule allows (the parameter reference shows it); a schema
+    entry also carries the key's ``default`` (the value ``params.yaml`` ships with, or
+    the value used when an optional key is absent) and a one-line ``doc``.
+    """
 
     check: Callable[[Any], str | None]
     required: bool = True
+    kind: str = ""
+    default: Any = None
+    doc: str = ""
+
+
+def param(rule: Rule, default: Any, doc: str) -> Rule:
+    """``rule`` with the key's default value and its one-line description."""
+    return replace(rule, default=default, doc=doc)
 
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _interval(lo: Any, hi: Any, lo_open: bool = False, hi_open: bool = False) -> str:
+    if lo is None and hi is None:
+        return ""
+    if hi is None:
+        return f" {'>' if lo_open else '≥'} {lo}"
+    if lo is None:
+        return f" {'<' if hi_open else '≤'} {hi}"
+    return f" in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
 def choice(*allowed: Any, required: bool = True) -> Rule:
-    return Rule(lambda v: None if v in allowed else f"must be one of {list(allowed)}", required)
+    return Rule(lambda v: None if v in allowed else f"must be one of {list(allowed)}", required,
+                "one of " + " \\| ".join(f"`{a}`" for a in allowed))
 
 
 def integer(lo: int | None = None, hi: int | None = None, required: bool = True) -> Rule:
@@ -53,7 +83,7 @@ def integer(lo: int | None = None, hi: int | None = None, required: bool = True)
             return f"must be <= {hi}"
         return None
 
-    return Rule(check, required)
+    return Rule(check, required, "integer" + _interval(lo, hi))
 
 
 def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
@@ -67,21 +97,22 @@ def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
             return f"must be {'<' if hi_open else '<='} {hi}"
         return None
 
-    return Rule(check, required)
+    return Rule(check, required, "number" + _interval(lo, hi, lo_open, hi_open))
 
 
 def boolean(required: bool = True) -> Rule:
-    return Rule(lambda v: None if isinstance(v, bool) else "must be true or false", required)
+    return Rule(lambda v: None if isinstance(v, bool) else "must be true or false", required,
+                "`true` \\| `false`")
 
 
 def string(required: bool = True) -> Rule:
     return Rule(lambda v: None if isinstance(v, str) and v else "must be a non-empty string",
-                required)
+                required, "non-empty string")
 
 
 def optional_string() -> Rule:
     return Rule(lambda v: None if v is None or (isinstance(v, str) and v)
-                else "must be a non-empty string or null", required=False)
+                else "must be a non-empty string or null", False, "non-empty string or `null`")
 
 
 def epsilon_list() -> Rule:
@@ -94,7 +125,7 @@ def epsilon_list() -> Rule:
             return f"must not repeat a value, got {v}"
         return None
 
-    return Rule(check)
+    return Rule(check, kind="non-empty list of distinct ε in [0, 1]")
 
 
 def int_list(lo: int, hi: int, *, required: bool = True, unique: bool = True,
@@ -113,7 +144,9 @@ def int_list(lo: int, hi: int, *, required: bool = True, unique: bool = True,
             return f"must not repeat a value, got {v}"
         return None
 
-    return Rule(check, required)
+    kind = (f"{'non-empty ' if non_empty else ''}list of {'distinct ' if unique else ''}"
+            f"integers in [{lo}, {hi}]{' or `null`' if nullable else ''}")
+    return Rule(check, required, kind)
 
 
 def nullable(rule: Rule) -> Rule:
@@ -125,7 +158,7 @@ def nullable(rule: Rule) -> Rule:
         err = rule.check(v)
         return f"{err} (or null)" if err else None
 
-    return Rule(check, rule.required)
+    return Rule(check, rule.required, f"{rule.kind} or `null`")
 
 
 def sha256_hex() -> Rule:
@@ -137,7 +170,7 @@ def sha256_hex() -> Rule:
             return "must be a sha256 digest (64 hexadecimal characters) or null"
         return None
 
-    return Rule(check)
+    return Rule(check, kind="SHA-256 digest (64 hex characters) or `null`")
 
 
 def http_url() -> Rule:
@@ -148,7 +181,7 @@ def http_url() -> Rule:
             return "must be an http(s) URL or null"
         return None
 
-    return Rule(check)
+    return Rule(check, kind="http(s) URL or `null`")
 
 
 def split_counts() -> Rule:
@@ -159,35 +192,8 @@ def split_counts() -> Rule:
             return "must hold non-negative numbers that do not all equal 0"
         return None
 
-    return Rule(check)
+    return Rule(check, kind="mapping `{train, val, test}` of non-negative numbers")
 
-
-ATTACKS = tuple(_attack_registry.ATTACKS)
-
-#: Training keys every defense params group has (see advpipe.defenses.training.TrainConfig).
-TRAIN_RULES: dict[str, Rule] = {
-    "optimizer": choice("adam", "sgd"),
-    "learning_rate": number(0, 1, lo_open=True),
-    "momentum": number(0, 1, required=False),
-    "epochs": integer(1, 100000),
-    "batch_size": integer(1, 4096),
-    "patience": integer(0),
-    "max_steps": Rule(lambda v: None if v is None or (isinstance(v, int) and v >= 1
-                                                      and not isinstance(v, bool))
-                      else "must be null or an integer >= 1", required=False),
-    "lr_decay_at": Rule(lambda v: None if v is None or (_is_number(v) and 0 < v < 1)
-                        else "must be null or a fraction in (0, 1)", required=False),
-}
-SOURCES = ("samples", "urls", "folder", "imagenette")
-IMAGENETTE_ARCHIVES = ("imagenette2-160", "imagenette2-320", "imagenette2")
-SETS = ("attack_set", "defense_set")
-
-
-def free_mapping(required: bool = True) -> Rule:
-    """A group whose children are free-form (not walked for unknown keys): declare it so."""
-    return Rule(lambda v: None if isinstance(v, Mapping) else "must be a mapping", required)
-MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
-          "resnet50", "vgg16", "tiny")
 
 def choice_list(*allowed: Any, required: bool = True) -> Rule:
     """A non-empty list of distinct values, each one of ``allowed``."""
@@ -202,121 +208,295 @@ def choice_list(*allowed: Any, required: bool = True) -> Rule:
             return f"must not repeat a value, got {v}"
         return None
 
-    return Rule(check, required)
+    return Rule(check, required,
+                "non-empty list of distinct values from " + ", ".join(f"`{a}`" for a in allowed))
 
 
-TRANSFER_MODELS = tuple(m for m in MODELS if m != "tiny")
+def optional_positive_int() -> Rule:
+    return Rule(lambda v: None if v is None or (isinstance(v, int) and v >= 1
+                                                and not isinstance(v, bool))
+                else "must be null or an integer >= 1", False, "integer ≥ 1 or `null`")
+
+
+def optional_fraction() -> Rule:
+    return Rule(lambda v: None if v is None or (_is_number(v) and 0 < v < 1)
+                else "must be null or a fraction in (0, 1)", False, "number in (0, 1) or `null`")
+
+
+# --------------------------------------------------------------------------- the schema
+ATTACKS = tuple(_attack_registry.ATTACKS)
+SOURCES = ("samples", "urls", "folder", "imagenette")
+IMAGENETTE_ARCHIVES = ("imagenette2-160", "imagenette2-320", "imagenette2")
+SETS = ("attack_set", "defense_set")
+MODELS = _model_registry.MODELS
+TRANSFER_MODELS = _model_registry.PRETRAINED
 DECISION_ATTACKS = _attack_registry.DECISION_ATTACKS
+WEIGHT_FILE_MODELS = _model_registry.KERAS_APPLICATIONS
+#: The default ε grid: the proposal's {0.001, 0.005, 0.01, 0.05, 0.1} merged with
+#: {1, 2, 4, 8, 16}/255 (the usual 8-bit steps).
+EPSILONS = [0.001, 0.00392157, 0.005, 0.00784314, 0.01, 0.01568627, 0.03137255, 0.05,
+            0.0627451, 0.1]
+#: 1, 2, 4, 8 / 255
+EPSILONS_255 = [0.00392157, 0.00784314, 0.01568627, 0.03137255]
+
+
+def _train_defaults(field_name: str) -> Any:
+    """An optional training key's default: the library's TrainConfig field (its one home)."""
+    from .defenses.loop import TrainConfig
+
+    return TrainConfig.__dataclass_fields__[field_name].default
+
+
+def _train_rules(optimizer: str, learning_rate: float, epochs: int, batch_size: int,
+                 patience: int, **required: Any) -> dict[str, Rule]:
+    """The training keys every defense params group has (TrainConfig's fields).
+
+    An optional key given in ``required`` is required in that group, with that default.
+    """
+    rules = {
+        "optimizer": param(choice("adam", "sgd"), optimizer, "`adam`, or `sgd` with `momentum`"),
+        "learning_rate": param(number(0, 1, lo_open=True), learning_rate, "learning rate"),
+        "momentum": param(number(0, 1, required=False), _train_defaults("momentum"),
+                          "SGD momentum (optional)"),
+        "epochs": param(integer(1, 100000), epochs, "training epochs"),
+        "batch_size": param(integer(1, 4096), batch_size, "training batch size (m)"),
+        "patience": param(integer(0), patience,
+                          "early stopping: epochs without improvement (0: off); the best "
+                          "epoch is kept"),
+        "max_steps": param(optional_positive_int(), _train_defaults("max_steps"),
+                           "cap on training steps (optional)"),
+        "lr_decay_at": param(optional_fraction(), _train_defaults("lr_decay_at"),
+                             "halve the learning rate after this fraction of the epochs "
+                             "(optional)"),
+    }
+    for key, default in required.items():
+        rules[key] = replace(rules[key], required=True, default=default,
+                             doc=rules[key].doc.replace(" (optional)", ""))
+    return rules
+
+
+def _url_default(key: str) -> Any:
+    """An ``data.urls`` default: the library's UrlSettings field (its one home)."""
+    return _URL_DEFAULTS_TEMP[key]  # TODO(lead): the data package's dataclass
+
+
+_URL_DEFAULTS_TEMP = dict(list="data/urls/fall11_urls.txt", format="auto", workers=16, timeout=10.0,
+    retries=2, backoff=0.5, min_bytes=2048, min_side=64, max_pixels=89478485, deadline=60.0,
+    max_retry_after=30.0, decode_pixels=16000000, background_fraction=0.6, background_tolerance=4,
+    text_edge_ratio=0.35, noise_min_correlation=0.3, noise_max_blockiness=1.5,
+    noise_min_block_correlation=0.1, cross_class="first")
+
+
+def _sets(name: str, first: int | None, indices: list[int] | None, per_class: int,
+          paper: str) -> dict[str, Rule]:
+    return {
+        f"data.{name}.source": param(choice(*SOURCES), "samples",
+                                     "where the images come from (see docs/data.md)"),
+        f"data.{name}.first": param(nullable(integer(1, 1000)), first,
+                                    "the first N ImageNet classes (used when `indices` is null)"),
+        f"data.{name}.indices": param(nullable(int_list(0, 999, non_empty=True)), indices,
+                                      "an explicit list of ImageNet class indices (wins over "
+                                      "`first`)"),
+        f"data.{name}.per_class": param(integer(1), per_class, f"images per class ({paper})"),
+    }
+
+
+def _urls() -> dict[str, Rule]:
+    rules = {
+        "list": (string(), "the URL list: `fall11_urls.txt` or a `url,class_index` CSV"),
+        "format": (choice("auto", "fall11", "csv"), "format of the URL list"),
+        "workers": (integer(1, 256), "concurrent downloads"),
+        "timeout": (number(0, lo_open=True), "seconds per request"),
+        "retries": (integer(0, 20), "extra tries for timeouts, connection errors, 5xx, 429"),
+        "backoff": (number(0), "seconds before the first retry, doubled at each retry"),
+        "min_bytes": (integer(0), "smaller files are rejected"),
+        "min_side": (integer(1), "smaller images are rejected (also `folder` and `imagenette`)"),
+        "max_pixels": (integer(1), "decompression-bomb limit, Pillow's default (also `folder` "
+                                   "and `imagenette`)"),
+        "deadline": (number(0, lo_open=True, required=False),
+                     "hard wall-clock seconds per attempt (connect + headers + body)"),
+        "max_retry_after": (number(0, required=False), "cap on a 429/503 Retry-After wait, "
+                                                       "seconds"),
+        "decode_pixels": (integer(1, required=False), "larger images: JPEG decoded at 1/2..1/8 "
+                                                      "size, others rejected"),
+        "background_fraction": (number(0, 1, lo_open=True, required=False),
+                                "text placeholder: the dominant colour covers at least this "
+                                "share..."),
+        "background_tolerance": (integer(0, 255, required=False),
+                                 "...counting pixels within this max channel difference of it..."),
+        "text_edge_ratio": (number(0, 1, required=False),
+                            "...and at least this share of the rest touches it (thin strokes)"),
+        "noise_min_correlation": (number(-1, 1, required=False),
+                                  "noise test: adjacent-pixel correlation threshold (see "
+                                  "docs/data.md)"),
+        "noise_max_blockiness": (number(0, lo_open=True, required=False),
+                                 "noise test: JPEG 8×8 block-border step threshold"),
+        "noise_min_block_correlation": (number(-1, 1, required=False),
+                                        "noise test: correlation inside blocks threshold"),
+        "cross_class": (choice("first", "reject", required=False),
+                        "a URL listed under several classes: its `first` class, or `reject` it"),
+    }
+    return {f"data.urls.{k}": param(rule, _url_default(k), doc)
+            for k, (rule, doc) in rules.items()}
+
 
 SCHEMA: dict[str, Rule] = {
-    "seed": integer(0),
+    "seed": param(integer(0), 0, "the one seed: splits, random starts, training"),
     # ---------------------------------------------------------------- data
-    "data.image_size": integer(8, 1024),
-    "data.crop_ratio": number(0, 1, lo_open=True),
-    "data.resample": choice("bicubic", "bilinear", "lanczos", "nearest"),
-    "data.attack_set.source": choice(*SOURCES),
-    "data.attack_set.first": nullable(integer(1, 1000)),
-    "data.attack_set.indices": nullable(int_list(0, 999, non_empty=True)),
-    "data.attack_set.per_class": integer(1),
-    "data.defense_set.source": choice(*SOURCES),
-    "data.defense_set.first": nullable(integer(1, 1000)),
-    "data.defense_set.indices": nullable(int_list(0, 999, non_empty=True)),
-    "data.defense_set.per_class": integer(1),
-    "data.defense_set.split": split_counts(),
-    "data.urls.list": string(),
-    "data.urls.format": choice("auto", "fall11", "csv"),
-    "data.urls.workers": integer(1, 256),
-    "data.urls.timeout": number(0, lo_open=True),
-    "data.urls.retries": integer(0, 20),
-    "data.urls.backoff": number(0),
-    "data.urls.min_bytes": integer(0),
-    "data.urls.min_side": integer(1),
-    "data.urls.max_pixels": integer(1),
-    # optional (defaults in advpipe.data.build.URL_DEFAULTS)
-    "data.urls.deadline": number(0, lo_open=True, required=False),
-    "data.urls.max_retry_after": number(0, required=False),
-    "data.urls.decode_pixels": integer(1, required=False),
-    "data.urls.background_fraction": number(0, 1, lo_open=True, required=False),
-    "data.urls.background_tolerance": integer(0, 255, required=False),
-    "data.urls.text_edge_ratio": number(0, 1, required=False),
-    "data.urls.noise_min_correlation": number(-1, 1, required=False),
-    "data.urls.noise_max_blockiness": number(0, lo_open=True, required=False),
-    "data.urls.noise_min_block_correlation": number(-1, 1, required=False),
-    "data.urls.cross_class": choice("first", "reject", required=False),
-    "data.folder.path": string(),
-    "data.folder.skip_unreadable_classes": boolean(),
-    "data.imagenette.archive": choice(*IMAGENETTE_ARCHIVES),
-    "data.imagenette.url": http_url(),
-    "data.imagenette.sha256": sha256_hex(),
-    "data.imagenette.path": optional_string(),
-    "data.imagenette.cache_dir": string(),
+    "data.image_size": param(integer(8, 1024), 224, "side of the square images the model reads"),
+    "data.crop_ratio": param(number(0, 1, lo_open=True), 0.875,
+                             "short side → round(image_size / crop_ratio), then a centre crop "
+                             "(standard ImageNet eval: 256 → 224); 1.0: short side → "
+                             "image_size"),
+    "data.resample": param(choice("bicubic", "bilinear", "lanczos", "nearest"), "bicubic",
+                           "resampling filter"),
+    **_sets("attack_set", 50, None, 50, "paper: the first 50 classes × 50 images"),
+    **_sets("defense_set", None, [96, 530, 950], 500,
+            "paper: toucan, digital clock, orange; 500 each"),
+    "data.defense_set.split": param(split_counts(), {"train": 300, "val": 100, "test": 100},
+                                    "per-class proportions of the train/val/test split"),
+    **_urls(),
+    "data.folder.path": param(string(), "data/imagenet/train",
+                              "a local ImageNet-style folder, one sub-folder per WordNet id"),
+    "data.folder.skip_unreadable_classes": param(boolean(), False,
+                                                 "true: a class with no usable image is skipped "
+                                                 "(warning) instead of stopping the stage"),
+    "data.imagenette.archive": param(choice(*IMAGENETTE_ARCHIVES), "imagenette2-160",
+                                     "which Imagenette archive (`imagenette2`: full size)"),
+    "data.imagenette.url": param(http_url(), None,
+                                 "null: the official URL of `archive`; or any http(s) URL"),
+    "data.imagenette.sha256": param(sha256_hex(), None,
+                                    "null: the known checksum of the official archive; a "
+                                    "string: required"),
+    "data.imagenette.path": param(optional_string(), None,
+                                  "a local copy instead of a download: the .tgz or an "
+                                  "extracted folder"),
+    "data.imagenette.cache_dir": param(string(), "data/raw/imagenette",
+                                       "where the archive is downloaded and extracted"),
     # ---------------------------------------------------------------- model
-    "model.name": choice(*MODELS),
-    "model.weights_path": optional_string(),
-    "model.batch_size": integer(1, 4096),
+    "model.name": param(choice(*MODELS), "efficientnet_lite0",
+                        "the attacked model (`resnet50`, `vgg16`: Keras weights, network or "
+                        "`weights_path`; `tiny`: tests)"),
+    "model.weights_path": param(optional_string(), None,
+                                "a Keras .h5 weight file for resnet50/vgg16, used instead of a "
+                                "download"),
+    "model.batch_size": param(integer(1, 4096), 32, "batch size of the attacks and predictions"),
     # ---------------------------------------------------------------- attacks
-    "attacks.labels": choice("ground_truth", "predicted"),
-    "attacks.fgsm.epsilons": epsilon_list(),
-    "attacks.fgm.epsilons": epsilon_list(),
-    "attacks.fgm.norm": choice("l2", "linf_equivalent"),
-    "attacks.rfgsm.epsilons": epsilon_list(),
+    "attacks.labels": param(choice("ground_truth", "predicted"), "ground_truth",
+                            "attack the true label, or the model's prediction (no label "
+                            "leaking)"),
+    "attacks.fgsm.epsilons": param(epsilon_list(), EPSILONS, "FGSM's ε grid (L∞)"),
+    "attacks.fgm.epsilons": param(epsilon_list(), EPSILONS, "FGM's ε grid"),
+    "attacks.fgm.norm": param(choice("l2", "linf_equivalent"), "linf_equivalent",
+                              "`l2`: ε is the L2 norm; `linf_equivalent`: ε·√d, the L2 norm of "
+                              "an FGSM step of the same ε"),
+    "attacks.rfgsm.epsilons": param(epsilon_list(), EPSILONS, "R-FGSM's ε grid (L∞)"),
     # alpha = eps would leave no step along the gradient: (0, 1) open on both ends
-    "attacks.rfgsm.alpha_fraction": number(0, 1, lo_open=True, hi_open=True),
-    "attacks.step_ll.epsilons": epsilon_list(),
-    "attacks.pgd.epsilons": epsilon_list(),
-    "attacks.pgd.steps": integer(1, 1000),
-    "attacks.pgd.rel_stepsize": number(0, lo_open=True),
-    "attacks.pgd.random_start": boolean(),
-    "attacks.deepfool.steps": integer(1),
-    "attacks.deepfool.candidates": integer(2, 1000),
-    "attacks.deepfool.overshoot": number(0),
-    "attacks.deepfool.batch_size": integer(1, 4096),
+    "attacks.rfgsm.alpha_fraction": param(number(0, 1, lo_open=True, hi_open=True), 0.5,
+                                          "α = alpha_fraction·ε (paper: ε/2)"),
+    "attacks.step_ll.epsilons": param(epsilon_list(), EPSILONS, "step-LL's ε grid (L∞)"),
+    "attacks.pgd.epsilons": param(epsilon_list(), EPSILONS, "PGD's ε grid (L∞)"),
+    "attacks.pgd.steps": param(integer(1, 1000), 10, "PGD iterations"),
+    "attacks.pgd.rel_stepsize": param(number(0, lo_open=True), 0.25,
+                                      "step = rel_stepsize·ε (as Foolbox's LinfPGD)"),
+    "attacks.pgd.random_start": param(boolean(), True,
+                                      "uniform start in the ε-ball (PGD); false: BIM"),
+    "attacks.deepfool.steps": param(integer(1), 50, "DeepFool's maximum steps"),
+    "attacks.deepfool.candidates": param(integer(2, 1000), 10,
+                                         "classes considered, the prediction included"),
+    "attacks.deepfool.overshoot": param(number(0), 0.02, "overshoot of the final step"),
+    "attacks.deepfool.batch_size": param(integer(1, 4096), 10, "DeepFool's batch size"),
     # ---------------------------------------------------------------- defense
-    "defense.model.trunk": choice(*MODELS),
-    "defense.model.weights_path": optional_string(),
-    "defense.model.trainable_blocks": integer(0, 100),
-    "defense.model.hidden_units": int_list(1, 65536, unique=False),
-    "defense.model.dropout": number(0, 1),
-    **{f"defense.{group}.{key}": rule for group in ("clean", "kurakin", "deep_defense")
-       for key, rule in TRAIN_RULES.items()},
-    "defense.deep_defense.mu": number(0),
-    "defense.deep_defense.c": number(0),
-    "defense.deep_defense.d": number(0),
-    "defense.deep_defense.steps": integer(1, 100),
-    "defense.deep_defense.overshoot": number(0),
-    "defense.deep_defense.candidates": integer(2, 1000),
-    "defense.kurakin.adversarial_fraction": number(0, 1, lo_open=True),
-    "defense.kurakin.lambda": number(0, lo_open=True),
-    "defense.kurakin.eps_stddev": number(0, 1, lo_open=True),
-    "defense.kurakin.eps_max": number(0, 1, lo_open=True),
-    "defense.kurakin.labels": choice("ground_truth", "predicted"),
-    "defense.evaluation.split": choice("train", "val", "test"),
-    "defense.evaluation.epsilons": epsilon_list(),
-    "defense.evaluation.batch_size": integer(1, 4096),
-    "defense.evaluation.chance_margin": number(0, 1),
-    "defense.evaluation.report_epsilon": number(0, 1, lo_open=True),
+    "defense.model.trunk": param(choice(*MODELS), "efficientnet_lite0",
+                                 "the ImageNet trunk (paper: vgg16)"),
+    "defense.model.weights_path": param(optional_string(), None,
+                                        "Keras .h5 weights for a resnet50/vgg16 trunk"),
+    "defense.model.trainable_blocks": param(integer(0, 100), 0,
+                                            "top trunk blocks left trainable (0: the paper's "
+                                            "frozen trunk)"),
+    "defense.model.hidden_units": param(int_list(1, 65536, unique=False), [],
+                                       "Dense ReLU layers before the logits ([]: a linear head)"),
+    "defense.model.dropout": param(number(0, 1), 0.0, "dropout before the logits"),
+    **{f"defense.clean.{k}": r for k, r in _train_rules("adam", 0.001, 30, 32, 5).items()},
+    **{f"defense.kurakin.{k}": r for k, r in _train_rules("adam", 0.0005, 5, 32, 0).items()},
+    **{f"defense.deep_defense.{k}": r
+       for k, r in _train_rules("sgd", 0.0005, 2, 8, 0, momentum=0.9, lr_decay_at=0.8,
+                             max_steps=None).items()},
+    "defense.deep_defense.mu": param(number(0), 15, "regulariser weight μ"),
+    "defense.deep_defense.c": param(number(0), 25, "correctly classified: μ·exp(−c‖r‖/‖x‖)"),
+    "defense.deep_defense.d": param(number(0), 5, "misclassified: μ·exp(d‖r‖/‖x‖)"),
+    "defense.deep_defense.steps": param(integer(1, 100), 5,
+                                        "DeepFool steps unrolled in the training graph"),
+    "defense.deep_defense.overshoot": param(number(0), 0.02, "DeepFool's overshoot"),
+    "defense.deep_defense.candidates": param(integer(2, 1000), 3,
+                                             "DeepFool candidates, the prediction included"),
+    "defense.kurakin.adversarial_fraction": param(number(0, 1, lo_open=True), 0.5,
+                                                  "k/m (Kurakin et al.: k = 16 of m = 32)"),
+    "defense.kurakin.lambda": param(number(0, lo_open=True), 0.3,
+                                    "λ, the weight of the adversarial examples' loss"),
+    "defense.kurakin.eps_stddev": param(number(0, 1, lo_open=True), 0.03137255,
+                                        "ε per example ~ N(0, σ) truncated to [0, eps_max] "
+                                        "(σ = 8/255)"),
+    "defense.kurakin.eps_max": param(number(0, 1, lo_open=True), 0.0627451,
+                                     "largest training ε (16/255)"),
+    "defense.kurakin.labels": param(choice("ground_truth", "predicted"), "ground_truth",
+                                    "FGSM's labels (`ground_truth` shows label leaking; step-LL "
+                                    "ignores it)"),
+    "defense.evaluation.split": param(choice("train", "val", "test"), "test",
+                                      "the split every defense model is evaluated on"),
+    "defense.evaluation.epsilons": param(epsilon_list(), EPSILONS_255,
+                                         "ε of the white-box and transfer attacks"),
+    "defense.evaluation.batch_size": param(integer(1, 4096), 32, "evaluation batch size"),
+    "defense.evaluation.chance_margin": param(number(0, 1), 0.1,
+                                              "masking check: PGD at the largest ε within this "
+                                              "of chance"),
+    "defense.evaluation.report_epsilon": param(number(0, 1, lo_open=True), 0.01568627,
+                                               "the ε of the table's attack columns (4/255)"),
     # ---------------------------------------------------------------- black-box
-    "blackbox.batch_size": integer(1, 4096),
-    "blackbox.native_size": boolean(),
-    "blackbox.transfer.models": choice_list(*TRANSFER_MODELS),
-    "blackbox.transfer.attacks": choice_list(*ATTACKS, "deepfool"),
-    "blackbox.transfer.epsilons": epsilon_list(),
-    "blackbox.transfer.heatmap_epsilon": number(0, 1, lo_open=True),
-    "blackbox.transfer_defense.models": choice_list(*_defense_registry.DEFENSES),
-    "blackbox.decision.model": choice(*TRANSFER_MODELS),
-    "blackbox.decision.attack": choice(*DECISION_ATTACKS),
-    "blackbox.decision.budgets": int_list(1, 10**6, non_empty=True),
-    "blackbox.decision.n_images": integer(1),
-    "blackbox.decision.batch_size": integer(1, 4096),
-    "blackbox.decision.max_gradient_evals": integer(1, 100000),
-    "blackbox.decision.seed": integer(0),
-    "blackbox.decision.l2_threshold": number(0, lo_open=True),
+    "blackbox.batch_size": param(integer(1, 4096), 20, "batch size of the transfer matrices"),
+    "blackbox.native_size": param(boolean(), True,
+                                  "true: a bilinear resize inside each model to its native size "
+                                  "(Lite1 240, Lite2 260)"),
+    "blackbox.transfer.models": param(choice_list(*TRANSFER_MODELS),
+                                      ["efficientnet_lite0", "efficientnet_lite1",
+                                       "efficientnet_lite2"],
+                                      "source and target models (paper: + resnet50, vgg16)"),
+    "blackbox.transfer.attacks": param(choice_list(*ATTACKS, "deepfool"),
+                                       [*ATTACKS, "deepfool"],
+                                       "attacks crafted on each source (options from "
+                                       "`attacks.<name>`)"),
+    "blackbox.transfer.epsilons": param(epsilon_list(), EPSILONS_255, "ε of the matrix"),
+    "blackbox.transfer.heatmap_epsilon": param(number(0, 1, lo_open=True), 0.01568627,
+                                               "the ε the heatmaps show; one of `epsilons`"),
+    "blackbox.transfer_defense.models": param(choice_list(*_defense_registry.DEFENSES),
+                                              list(_defense_registry.DEFENSES),
+                                              "the defense models of the second matrix (attacks "
+                                              "and ε: `blackbox.transfer`)"),
+    "blackbox.decision.model": param(choice(*TRANSFER_MODELS), "efficientnet_lite0",
+                                     "the target of the label-only attack"),
+    "blackbox.decision.attack": param(choice(*DECISION_ATTACKS), "hopskipjump",
+                                      "Foolbox's decision-based attack"),
+    "blackbox.decision.budgets": param(int_list(1, 10**6, non_empty=True),
+                                       [10, 25, 50, 100, 250, 500, 1000], "queries per image"),
+    "blackbox.decision.n_images": param(integer(1), 10,
+                                        "the first n images of the attack set the target "
+                                        "classifies correctly"),
+    "blackbox.decision.batch_size": param(integer(1, 4096), 5,
+                                          "images attacked together (memory: HopSkipJump's "
+                                          "gradient samples)"),
+    "blackbox.decision.max_gradient_evals": param(integer(1, 100000), 100,
+                                                  "HopSkipJump's max_gradient_eval_steps"),
+    "blackbox.decision.seed": param(integer(0), 0, "the decision attack's seed"),
+    "blackbox.decision.l2_threshold": param(number(0, lo_open=True), 6.09,
+                                            "success within this ‖r‖₂ too (6.09: every pixel "
+                                            "changed by 4/255 at 224×224×3)"),
     # ---------------------------------------------------------------- report
-    "report.figure.attack": choice(*ATTACKS),
-    # null: the first `n_images` images the model classifies correctly
-    "report.figure.images": int_list(0, 10**9, nullable=True),
-    "report.figure.n_images": integer(1, 20),
-    "report.figure.epsilons": epsilon_list(),
+    "report.figure.attack": param(choice(*ATTACKS), "step_ll", "the attack of the figure"),
+    "report.figure.images": param(int_list(0, 10**9, nullable=True), None,
+                                  "positions in the attack set, or null: the first `n_images` "
+                                  "the model classifies correctly"),
+    "report.figure.n_images": param(integer(1, 20), 2, "how many images the figure shows"),
+    "report.figure.epsilons": param(epsilon_list(), [0.001, 0.01, 0.05], "one row per ε"),
 }
 
 
@@ -412,7 +592,6 @@ def _hint(full: str, prefix: str, known: set[str]) -> str:
     return f" ({group} takes: {', '.join(names)})"
 
 
-WEIGHT_FILE_MODELS = ("resnet50", "vgg16")
 
 
 def _cross_checks(params: Mapping[str, Any]) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from ..evaluation import compiled_forward, image_spec
+from ..inference import compiled_forward, image_spec
 from . import core
 
 LABEL_MODES = ("ground_truth", "predicted")
@@ -134,7 +134,3 @@ class Attack:
         prepared = self.prepare(x, y, index)
         out = [self.perturb(prepared, e).numpy() for e in ([epsilons] if single else epsilons)]
         return out[0] if single else out
-
-
-# kept for the name the sweep and older code use
-OneStepAttack = Attack

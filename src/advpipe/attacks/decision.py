@@ -28,7 +28,9 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from ..evaluation import Timer, compiled_forward, iterate_batches
+from ..inference import compiled_forward, iterate_batches
+
+from ..metrics import Timer
 from .registry import DECISION_ATTACKS
 
 

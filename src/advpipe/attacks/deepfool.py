@@ -34,7 +34,9 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from ..evaluation import Timer, compiled_forward, image_spec, iterate_batches, rho2, topk_hits
+from ..inference import compiled_forward, image_spec, iterate_batches
+
+from ..metrics import Timer, rho2, topk_hits
 
 JACOBIAN_MODES = ("loop", "batch")
 

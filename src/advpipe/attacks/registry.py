@@ -1,22 +1,22 @@
-"""The one list of attacks: name → class and the options it reads from ``params.yaml``.
+"""The one list of attacks: name → class and the constructor options it takes.
 
 Importing this module is cheap (no TensorFlow), so ``config`` can validate names
-against it; :func:`build_attack` imports the class when an attack is built. Stages,
-the trainer, the defense evaluation and the benchmarks all build attacks here.
+against it; :func:`make_attack` imports the class when an attack is built, from plain
+values. Stages (through ``stages/wiring.py``, which reads the options from params), the
+trainer, the defense evaluation and the benchmarks all build attacks here.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
 class AttackEntry:
     module: str              # under advpipe.attacks
     cls: str
-    options: tuple[str, ...]  # keys of attacks.<name> passed to the constructor
+    options: tuple[str, ...]  # constructor options (the keys of attacks.<name> in params)
     iterative: bool = False
 
 
@@ -31,7 +31,7 @@ ATTACKS: dict[str, AttackEntry] = {
 ONE_STEP_NAMES = tuple(n for n, e in ATTACKS.items() if not e.iterative)
 ITERATIVE_NAMES = tuple(n for n, e in ATTACKS.items() if e.iterative)
 
-#: Keys of ``attacks.deepfool`` passed to :func:`advpipe.attacks.deepfool.deepfool`.
+#: Options of :func:`advpipe.attacks.deepfool.deepfool` (the keys of ``attacks.deepfool``).
 DEEPFOOL_OPTIONS = ("steps", "candidates", "overshoot", "batch_size")
 
 #: Decision-based (label-only) attacks of :mod:`advpipe.attacks.decision` (Foolbox's).
@@ -45,24 +45,6 @@ def attack_class(name: str):
     return getattr(importlib.import_module(f"advpipe.attacks.{entry.module}"), entry.cls)
 
 
-def attack_options(params: Mapping[str, Any], name: str) -> dict:
-    """The constructor options of attack ``name`` from a validated params mapping."""
-    group = params["attacks"][name]
-    return {key: group[key] for key in ATTACKS[name].options}
-
-
-def deepfool_options(params: Mapping[str, Any]) -> dict:
-    """DeepFool's options (steps, candidates, overshoot, batch size) from ``params.yaml``."""
-    group = params["attacks"]["deepfool"]
-    return {key: group[key] for key in DEEPFOOL_OPTIONS}
-
-
 def make_attack(name: str, model, *, labels: str = "ground_truth", seed: int = 0, **options):
     """Build attack ``name`` on ``model`` with explicit options (e.g. ``norm`` for FGM)."""
     return attack_class(name)(model, labels=labels, seed=seed, **options)
-
-
-def build_attack(name: str, model, params: Mapping[str, Any], *, labels: str | None = None):
-    """Build attack ``name`` on ``model`` as ``params.yaml`` configures it."""
-    return make_attack(name, model, labels=labels or params["attacks"]["labels"],
-                       seed=params["seed"], **attack_options(params, name))

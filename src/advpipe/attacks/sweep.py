@@ -14,8 +14,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..evaluation import Timer, TopKCounter, iterate_batches
-from .base import OneStepAttack
+from ..inference import iterate_batches
+
+from ..metrics import Timer, TopKCounter
+from .base import Attack
 
 
 @dataclass
@@ -54,7 +56,7 @@ class SweepResult:
         return rows
 
 
-def sweep(attack: OneStepAttack, images: np.ndarray, labels: np.ndarray,
+def sweep(attack: Attack, images: np.ndarray, labels: np.ndarray,
           epsilons: Sequence[float], batch_size: int = 32,
           progress: Callable[[str], None] | None = None) -> SweepResult:
     """Accuracy of ``attack.model`` on adversarial versions of ``images`` for every epsilon.

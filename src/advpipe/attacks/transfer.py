@@ -28,7 +28,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from ..evaluation import Timer, compiled_forward, iterate_batches, topk_hits
+from ..inference import compiled_forward, iterate_batches
+
+from ..metrics import Timer, topk_hits
 
 DEEPFOOL_KEY = "deepfool"
 
@@ -136,7 +138,7 @@ def transfer_matrix(models: Mapping[str, object], build: Callable[[str, object],
 
     ``models``: name -> Keras model, all reading the same image size (see
     :mod:`advpipe.models.native_size`). ``build(attack_name, model)`` returns an ε-attack
-    on ``model`` (e.g. :func:`advpipe.attacks.registry.build_attack`). ``deepfool(model,
+    on ``model`` (e.g. :func:`advpipe.attacks.registry.make_attack` with fixed options). ``deepfool(model,
     images, labels) -> DeepFoolResult`` (adversarials kept) runs DeepFool when ``"deepfool"`` is in
     ``attacks``. Labels are the true labels (int64).
     """
@@ -191,21 +193,3 @@ def transfer_matrix(models: Mapping[str, object], build: Callable[[str, object],
     clean = {m: np.concatenate(v).astype(bool) if v else np.zeros(0, bool)
              for m, v in clean_parts.items()}
     return TransferResult(names, list(attacks), epsilons, clean, correct, df_l2, seconds)
-
-
-def transfer_from_params(models: Mapping[str, object], images: np.ndarray, labels: np.ndarray,
-                         params: Mapping[str, Any], *, batch_size: int,
-                         progress: Callable[[str], None] | None = None) -> TransferResult:
-    """:func:`transfer_matrix` with attacks, ε and DeepFool as ``params.yaml`` configures them
-    (``blackbox.transfer.attacks``/``epsilons``, ``attacks.<name>``, ``attacks.deepfool``)."""
-    from .deepfool import deepfool
-    from .registry import build_attack, deepfool_options
-
-    options = deepfool_options(params)
-    group = params["blackbox"]["transfer"]
-    return transfer_matrix(
-        models, lambda a, m: build_attack(a, m, params), images, labels,
-        attacks=group["attacks"], epsilons=group["epsilons"], batch_size=batch_size,
-        deepfool=lambda m, x, y: deepfool(m, x, y, keep_adversarial=True, progress=progress,
-                                          **options),
-        progress=progress)

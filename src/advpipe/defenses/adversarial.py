@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .training import correct, cross_entropy
+from .loop import correct, cross_entropy
 
 
 def sample_epsilons(n, seed, stddev, maximum):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from ..attacks.deepfool import deepfool_tf
-from .training import correct, cross_entropy
+from .loop import correct, cross_entropy
 
 
 def regulariser(r_norm_ratio, is_correct, mu, c, d):
@@ -30,7 +30,7 @@ def regulariser(r_norm_ratio, is_correct, mu, c, d):
 
 
 class DeepDefense:
-    """The Deep Defense loss for :class:`~advpipe.defenses.training.Trainer`."""
+    """The Deep Defense loss for :class:`~advpipe.defenses.loop.Trainer`."""
 
     name = "deep_defense"
 

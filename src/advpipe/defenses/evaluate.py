@@ -8,7 +8,7 @@ On the same test images for every attack, ε and model:
 * **transfer** top-1: the same attacks crafted on a source model (the clean head)
   and evaluated on this one;
 * DeepFool success and ρ₂ (eq. 14) against this model;
-* the **gradient-masking checks** of :func:`advpipe.evaluation.masking_checks`.
+* the **gradient-masking checks** of :func:`advpipe.metrics.masking_checks`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..evaluation import Timer, TopKCounter, iterate_batches, masking_checks
+from ..inference import iterate_batches
+
+from ..metrics import Timer, TopKCounter, masking_checks
 
 
 def _eps_key(e: float) -> str:
@@ -33,7 +35,7 @@ def attack_accuracies(attacks: Mapping[str, object], target, images, labels,
     Returns ``({attack: {eps: top1}}, clean top-1 of the attacks' source model)``; the
     attack's model is ``target`` for white-box, another model for transfer.
     """
-    from ..evaluation import compiled_forward
+    from ..inference import compiled_forward
 
     forward = compiled_forward(target)
     counters = {name: {e: TopKCounter() for e in epsilons} for name in attacks}

@@ -29,7 +29,6 @@ from typing import Iterator, Sequence
 
 import keras
 
-from ..config import ParamsError
 from ..models.zoo import build_trunk
 
 _BLOCK_PATTERNS = (
@@ -74,7 +73,7 @@ def set_trainable_blocks(trunk: keras.Model, n: int) -> list[str]:
     """Freeze the trunk but its top ``n`` blocks (batch-norm always frozen); return their names."""
     blocks = trunk_blocks(trunk)
     if n > len(blocks):
-        raise ParamsError(f"defense.model.trainable_blocks: {n} > the {len(blocks)} blocks "
+        raise ValueError(f"trainable_blocks: {n} > the {len(blocks)} blocks "
                          f"of the trunk")
     trunk.trainable = True
     for layer in _leaf_layers(trunk):

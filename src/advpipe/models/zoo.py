@@ -23,6 +23,7 @@ from .availability import (  # noqa: F401  (re-exported)
     unavailable_message,
 )
 from .preprocessing import CaffePreprocess
+from .registry import MODELS
 
 
 def build_model(name: str, *, weights: bool = True, weights_path: str | None = None,
@@ -42,8 +43,7 @@ def build_model(name: str, *, weights: bool = True, weights_path: str | None = N
                                   image_size=image_size)
     if name == "tiny":
         return tiny_model(image_size=image_size, num_classes=num_classes, seed=seed)
-    raise ValueError(f"unknown model '{name}'; choose one of efficientnet_lite0, "
-                     "efficientnet_lite1, efficientnet_lite2, resnet50, vgg16, tiny")
+    raise ValueError(f"unknown model '{name}'; choose one of {', '.join(MODELS)}")
 
 
 def _keras_application(name: str, *, weights: bool, weights_path: str | None,

@@ -1,43 +1,83 @@
-"""Train one defense model by name, as ``params.yaml`` configures it.
+"""Train one defense model by name, from plain values.
 
-``train_defense(name, params, ...)`` builds (or, for fine-tuning methods, loads the
-clean head), runs :class:`~advpipe.defenses.training.Trainer` with the method's
-loss, keeps the best epoch on disk and returns what the stage writes: learning
+``train_defense(name, setup, train, val, classes)`` builds (or, for fine-tuning
+methods, loads the clean head), runs :class:`~advpipe.defenses.loop.Trainer` with the
+method's loss, keeps the best epoch on disk and returns what the stage writes: learning
 curves, metrics (with label leaking for adversarial training) and timings.
+:class:`DefenseSetup` holds everything besides the data; the stage fills it from
+``params.yaml``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
 
-from ..attacks.registry import build_attack
-from ..evaluation import Timer, accuracy, compiled_forward, predict_logits
+from ..attacks.registry import make_attack
+from ..inference import compiled_forward, predict_logits
+from ..metrics import Timer, accuracy
+from .loop import CleanLoss, TrainConfig, Trainer
 from .model import build_defense_model, head_of, load_model, save_model, trunk_of
 from .registry import DEFENSES, model_path
-from .training import CleanLoss, TrainConfig, Trainer
 
 
-def make_method(name: str, model, params: Mapping):
+@dataclass(frozen=True)
+class ModelSpec:
+    """The defense model: trunk, head and how much of the trunk trains."""
+
+    trunk: str
+    hidden_units: list[int] = field(default_factory=list)
+    dropout: float = 0.0
+    trainable_blocks: int = 0
+    image_size: int = 224
+    weights_path: str | None = None
+
+
+@dataclass(frozen=True)
+class DefenseSetup:
+    """Everything :func:`train_defense` needs besides the data, as plain values.
+
+    ``method``: the method's options (Kurakin: ``adversarial_fraction``, ``lambda``,
+    ``eps_stddev``, ``eps_max``, ``labels``; Deep Defense: ``mu``, ``c``, ``d``,
+    ``steps``, ``overshoot``, ``candidates``); ``attack_options``: the constructor
+    options of each attack adversarial training may use (name -> options);
+    ``deepfool_steps``: DeepFool's steps for Deep Defense's val ρ₂.
+    """
+
+    model: ModelSpec
+    train: TrainConfig
+    method: dict[str, Any] = field(default_factory=dict)
+    attack_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deepfool_steps: int = 50
+    seed: int = 0
+
+
+def _attack(setup: DefenseSetup, name: str, model, labels: str):
+    return make_attack(name, model, labels=labels, seed=setup.seed,
+                       **setup.attack_options.get(name, {}))
+
+
+def make_method(name: str, model, setup: DefenseSetup):
     """The loss of defense ``name`` on ``model`` (attacks built on the model being trained)."""
     entry = DEFENSES[name]
-    group = params["defense"][entry.params_group]
+    opts = setup.method
     if entry.method == "clean":
         return CleanLoss()
     if entry.method == "kurakin":
         from .adversarial import AdversarialTraining
 
-        attack = build_attack(entry.attack, model, params, labels=group["labels"])
-        return AdversarialTraining(attack, adversarial_fraction=group["adversarial_fraction"],
-                                   lam=group["lambda"], eps_stddev=group["eps_stddev"],
-                                   eps_max=group["eps_max"], seed=params["seed"])
+        attack = _attack(setup, entry.attack, model, opts["labels"])
+        return AdversarialTraining(attack, adversarial_fraction=opts["adversarial_fraction"],
+                                   lam=opts["lambda"], eps_stddev=opts["eps_stddev"],
+                                   eps_max=opts["eps_max"], seed=setup.seed)
     if entry.method == "deep_defense":
         from .deep_defense import DeepDefense
 
-        return DeepDefense(**{k: group[k] for k in ("mu", "c", "d", "steps", "overshoot",
-                                                    "candidates")})
+        return DeepDefense(**{k: opts[k] for k in ("mu", "c", "d", "steps", "overshoot",
+                                                   "candidates")})
     raise ValueError(f"no training method '{entry.method}'")
 
 
@@ -46,28 +86,27 @@ def _features(trunk, images, batch_size):
     return predict_logits(trunk, images, batch_size, forward=forward)
 
 
-def train_defense(name: str, params: Mapping, train: tuple, val: tuple, classes: list[int], *,
+def train_defense(name: str, setup: DefenseSetup, train: tuple, val: tuple, classes: list[int],
+                  *,
                   strategy=None, log: Callable[[str], None] = print) -> dict:
     """Train defense ``name``; the best model is at ``models/defense/<name>.keras``."""
     entry = DEFENSES[name]
-    model_params = params["defense"]["model"]
-    group = params["defense"][entry.params_group]
-    cfg = TrainConfig.from_params(group, seed=params["seed"])
+    spec = setup.model
+    cfg = setup.train
     strategy = strategy or tf.distribute.get_strategy()
-    blocks = model_params["trainable_blocks"]
+    blocks = spec.trainable_blocks
     with strategy.scope():
         if entry.method == "clean":
             model = build_defense_model(
-                model_params["trunk"], len(classes), hidden_units=model_params["hidden_units"],
-                dropout=model_params["dropout"], trainable_blocks=blocks,
-                image_size=params["data"]["image_size"], weights_path=model_params["weights_path"],
-                seed=params["seed"])
+                spec.trunk, len(classes), hidden_units=spec.hidden_units,
+                dropout=spec.dropout, trainable_blocks=blocks, image_size=spec.image_size,
+                weights_path=spec.weights_path, seed=setup.seed)
         else:
             model = load_model(model_path("clean"), trainable_blocks=blocks)
     (x_train, y_train), (x_val, y_val) = train, val
     path = model_path(name)
     info = {"name": name, "method": entry.method, "attack": entry.attack, "classes": classes,
-            "trunk": model_params["trunk"], "trainable_blocks": blocks,
+            "trunk": spec.trunk, "trainable_blocks": blocks,
             "input": "RGB float32 in [0, 1], NHWC", "output": "logits over classes"}
     timer = Timer()
     with timer:
@@ -86,18 +125,19 @@ def train_defense(name: str, params: Mapping, train: tuple, val: tuple, classes:
             forward = compiled_forward(model)
             evaluate = lambda: {"val_acc": accuracy(  # noqa: E731
                 predict_logits(model, x_val, cfg.batch_size, forward=forward), y_val)["top1"]}
-        method = make_method(name, model, params)
+        method = make_method(name, model, setup)
         if entry.method == "kurakin":
             clean_val = evaluate
             evaluate = lambda: {**clean_val(), "val_adv_acc": attacked_accuracy(  # noqa: E731
-                model, params, entry.attack, x_val, y_val, group, "ground_truth")}
+                model, setup, entry.attack, x_val, y_val, "ground_truth")}
             cfg.monitor = "val_adv_acc"
         elif entry.method == "deep_defense":
             from ..attacks.deepfool import deepfool, make_deepfool
 
             clean_val = evaluate
-            run = make_deepfool(model, steps=params["attacks"]["deepfool"]["steps"],
-                                candidates=group["candidates"], overshoot=group["overshoot"])
+            run = make_deepfool(model, steps=setup.deepfool_steps,
+                                candidates=setup.method["candidates"],
+                                overshoot=setup.method["overshoot"])
             evaluate = lambda: {**clean_val(), "val_rho2": deepfool(  # noqa: E731
                 model, x_val, y_val, batch_size=cfg.batch_size, attack=run,
                 progress=lambda m: None).to_metrics()["rho2"]}
@@ -116,8 +156,7 @@ def train_defense(name: str, params: Mapping, train: tuple, val: tuple, classes:
                "epochs_run": len(history.rows),
                "steps": history.steps, "stopped_early": history.stopped_early}
     if entry.method == "kurakin":
-        metrics["label_leaking"] = label_leaking(best, params, entry.attack, x_train, y_train,
-                                                 params["defense"][entry.params_group])
+        metrics["label_leaking"] = label_leaking(best, setup, entry.attack, x_train, y_train)
         log(f"[{name}] label leaking check (train split): {metrics['label_leaking']}")
     # the curves hold what was learned; wall-clock seconds go to the timings file only
     curves = [{"model": name, **{k: v for k, v in r.items() if k != "seconds"}}
@@ -128,7 +167,8 @@ def train_defense(name: str, params: Mapping, train: tuple, val: tuple, classes:
                         "epochs": [r["seconds"] for r in history.rows]}}
 
 
-def label_leaking(model, params, attack_name: str, images, labels, group, batch_size=32) -> dict:
+def label_leaking(model, setup: DefenseSetup, attack_name: str, images, labels,
+                  batch_size=32) -> dict:
     """Kurakin et al.'s label-leaking check on the training images.
 
     Top-1 on clean images and on the training attack's examples (per-example ε drawn
@@ -140,8 +180,8 @@ def label_leaking(model, params, attack_name: str, images, labels, group, batch_
     clean = predict_logits(model, images, batch_size, forward=forward)
     out["clean_top1"] = accuracy(clean, labels)["top1"]
     for mode in ("ground_truth", "predicted"):
-        out[f"adv_top1_{mode}_labels"] = attacked_accuracy(model, params, attack_name, images,
-                                                            labels, group, mode, batch_size)
+        out[f"adv_top1_{mode}_labels"] = attacked_accuracy(model, setup, attack_name, images,
+                                                            labels, mode, batch_size)
     out["leaking"] = bool(out["adv_top1_ground_truth_labels"] > out["clean_top1"])
     return out
 
@@ -149,7 +189,7 @@ def label_leaking(model, params, attack_name: str, images, labels, group, batch_
 _COMPILED: dict = {}
 
 
-def attacked_accuracy(model, params, attack_name, images, labels, group, mode,
+def attacked_accuracy(model, setup: DefenseSetup, attack_name, images, labels, mode,
                       batch_size=32) -> float:
     """Top-1 under the training attack, per-example ε drawn as in training (fixed seed)."""
     from ..attacks.base import example_seeds
@@ -157,16 +197,16 @@ def attacked_accuracy(model, params, attack_name, images, labels, group, mode,
 
     key = (id(model), attack_name, mode)
     if key not in _COMPILED:  # one compiled attack + forward per model, reused every epoch
-        attack = build_attack(attack_name, model, params, labels=mode)
+        attack = _attack(setup, attack_name, model, mode)
         _COMPILED[key] = (tf.function(attack.generate), compiled_forward(model))
     generate, forward = _COMPILED[key]
-    eps_all = sample_epsilons(len(images), tf.constant([params["seed"], 7], tf.int64),
-                              group["eps_stddev"], group["eps_max"]).numpy()
+    eps_all = sample_epsilons(len(images), tf.constant([setup.seed, 7], tf.int64),
+                              setup.method["eps_stddev"], setup.method["eps_max"]).numpy()
     preds = []
     for start in range(0, len(images), batch_size):
         x = tf.constant(images[start:start + batch_size].astype(np.float32) / 255.0)
         y = tf.constant(labels[start:start + batch_size])
         eps = tf.constant(eps_all[start:start + batch_size])
-        seeds = example_seeds(params["seed"], np.arange(start, start + len(x)))
+        seeds = example_seeds(setup.seed, np.arange(start, start + len(x)))
         preds.append(forward(generate(x, y, eps, seeds)).numpy())
     return accuracy(np.concatenate(preds), labels)["top1"]

@@ -54,10 +54,6 @@ class TrainConfig:
     monitor: str = "val_acc"          # what picks the best epoch: a key evaluate() returns
     seed: int = 0
 
-    @classmethod
-    def from_params(cls, group: Mapping, seed: int) -> "TrainConfig":
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in group.items() if k in names}, seed=seed)
 
 
 def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
