@@ -291,7 +291,7 @@ def _sets(name: str, first: int | None, indices: list[int] | None, per_class: in
           paper: str) -> dict[str, Rule]:
     return {
         f"data.{name}.source": param(choice(*SOURCES), "samples",
-                                     "where the images come from (see docs/data.md)"),
+                                     "where the images come from: see [data](data.md)"),
         f"data.{name}.first": param(nullable(integer(1, 1000)), first,
                                     "the first N ImageNet classes (used when `indices` is null)"),
         f"data.{name}.indices": param(nullable(int_list(0, 999, non_empty=True)), indices,
@@ -328,7 +328,7 @@ def _urls() -> dict[str, Rule]:
                             "...and at least this share of the rest touches it (thin strokes)"),
         "noise_min_correlation": (number(-1, 1, required=False),
                                   "noise test: adjacent-pixel correlation threshold (see "
-                                  "docs/data.md)"),
+                                  "[data](data.md))"),
         "noise_max_blockiness": (number(0, lo_open=True, required=False),
                                  "noise test: JPEG 8×8 block-border step threshold"),
         "noise_min_block_correlation": (number(-1, 1, required=False),
@@ -339,6 +339,21 @@ def _urls() -> dict[str, Rule]:
     return {f"data.urls.{k}": param(rule, _url_default(k), doc)
             for k, (rule, doc) in rules.items()}
 
+
+#: The top-level groups of params.yaml, each with what it governs (docs/parameters.md).
+GROUPS: dict[str, str] = {
+    "seed": "The one seed of the pipeline.",
+    "data": "The attack set and the defense set: where the images come from and how they are "
+            "resized ([data](data.md)).",
+    "model": "The attacked ImageNet model (every model takes RGB [0, 1] NHWC and returns "
+             "logits).",
+    "attacks": "The ε-parameterised attacks and DeepFool ([attacks](attacks.md)). ε is a distance "
+               "in [0, 1] pixel space.",
+    "defense": "The defense model, the training of each defense method and their evaluation "
+               "([defenses](defenses.md)).",
+    "blackbox": "The transfer matrices and the decision-based attack ([black-box](blackbox.md)).",
+    "report": "The figure of adversarial examples (the proposal's Figure 4).",
+}
 
 SCHEMA: dict[str, Rule] = {
     "seed": param(integer(0), 0, "the one seed: splits, random starts, training"),
