@@ -16,7 +16,7 @@ def main() -> None:
     p = common.params()
     from advpipe.attacks.decision import decision_attack, first_correct
     from advpipe.attacks.deepfool import deepfool
-    from advpipe.attacks.registry import deepfool_options
+    from wiring import deepfool_options
     from advpipe.blackbox_plots import l2_vs_queries
     from advpipe.models.native_size import build_at_input_size
     from advpipe.reporting import write_json, write_rows_csv

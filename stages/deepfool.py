@@ -2,7 +2,7 @@
 
 import common
 from advpipe.attacks import deepfool
-from advpipe.attacks.registry import deepfool_options
+from wiring import deepfool_options
 from advpipe.reporting import write_json
 
 

@@ -15,7 +15,7 @@ from advpipe.attacks.registry import ATTACKS
 from advpipe.config import get
 from advpipe.defenses.registry import DEFENSES
 from advpipe.reporting import (defense_markdown, defense_table, plot_defense_curves, write_json,
-                               _atomic_write_text)
+                               atomic_write_text)
 
 
 def main() -> None:
@@ -34,8 +34,8 @@ def main() -> None:
     notes = [f"White-box: the attack crafted against the model itself; transfer: crafted on the "
              f"clean head. {attacks[-1]} is the iterative attack. ρ₂ (eq. 14) over the images "
              f"DeepFool fooled. Split: {get(p, 'defense.evaluation.split')}."]
-    _atomic_write_text(Path("tables/defense.md"), defense_markdown(table, attacks, eps, smoke, notes))
-    _atomic_write_text(Path("tables/defense.csv"), table.to_csv(index=False))
+    atomic_write_text(Path("tables/defense.md"), defense_markdown(table, attacks, eps, smoke, notes))
+    atomic_write_text(Path("tables/defense.csv"), table.to_csv(index=False))
     curves = pd.concat([pd.read_csv(f"plots/defense/eval/{n}.csv") for n in DEFENSES])
     for attack in attacks:
         plot_defense_curves(curves, attack, f"plots/defense/{attack}_vs_eps.png",

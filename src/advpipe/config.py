@@ -477,14 +477,15 @@ SCHEMA: dict[str, Rule] = {
                                        "efficientnet_lite2"],
                                       "source and target models (paper: + resnet50, vgg16)"),
     "blackbox.transfer.attacks": param(choice_list(*ATTACKS, "deepfool"),
-                                       [*ATTACKS, "deepfool"],
+                                       ["fgsm", "fgm", "rfgsm", "step_ll", "pgd", "deepfool"],
                                        "attacks crafted on each source (options from "
                                        "`attacks.<name>`)"),
     "blackbox.transfer.epsilons": param(epsilon_list(), EPSILONS_255, "ε of the matrix"),
     "blackbox.transfer.heatmap_epsilon": param(number(0, 1, lo_open=True), 0.01568627,
                                                "the ε the heatmaps show; one of `epsilons`"),
     "blackbox.transfer_defense.models": param(choice_list(*_defense_registry.DEFENSES),
-                                              list(_defense_registry.DEFENSES),
+                                              ["clean", "kurakin_step_ll", "kurakin_fgsm",
+                                               "deep_defense"],
                                               "the defense models of the second matrix (attacks "
                                               "and ε: `blackbox.transfer`)"),
     "blackbox.decision.model": param(choice(*TRANSFER_MODELS), "efficientnet_lite0",

@@ -21,7 +21,9 @@ def _temporary(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
 
 
-def _atomic_write_text(path: Path, text: str) -> Path:
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary name: never a half-written file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
     try:
@@ -69,12 +71,12 @@ def _save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
 
 def write_json(path: str | Path, data: Mapping) -> Path:
     """Nested metrics JSON (NaN becomes null; floats rounded to 6 decimals)."""
-    return _atomic_write_text(Path(path), json.dumps(_json_safe(data), indent=2) + "\n")
+    return atomic_write_text(Path(path), json.dumps(_json_safe(data), indent=2) + "\n")
 
 
 def write_rows_csv(path: str | Path, rows: Iterable[Mapping]) -> Path:
     """Plot data as CSV (one row per point), for ``dvc plots``."""
-    return _atomic_write_text(Path(path), pd.DataFrame(list(rows)).to_csv(index=False))
+    return atomic_write_text(Path(path), pd.DataFrame(list(rows)).to_csv(index=False))
 
 
 def plot_accuracy_vs_eps(curves: Mapping[str, pd.DataFrame], metric: str, path: str | Path,
