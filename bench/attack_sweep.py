@@ -65,8 +65,9 @@ class PeakRSS:
 
 def ours(model, name, images, labels, eps, batch_size):
     attack = make_attack(name, model, norm="l2") if name == "fgm" else make_attack(name, model)
-    sweep(attack, images[:batch_size], labels[:batch_size], eps, batch_size,
-          progress=lambda m: None)  # warm-up: traces everything once
+    sweep(
+        attack, images[:batch_size], labels[:batch_size], eps, batch_size, progress=lambda m: None
+    )  # warm-up: traces everything once
     with PeakRSS() as mem:
         start = time.perf_counter()
         result = sweep(attack, images, labels, eps, batch_size, progress=lambda m: None)
@@ -109,8 +110,10 @@ def main() -> None:
 
     model, base, base_labels = model_and_samples(args)
     print(describe(args, f"{len(args.eps)} eps, batch {args.batch_size}"))
-    header = (f"{'attack':7} {'n':>5} | {'ours img/s':>10} {'s/img':>7} {'+MB':>6} | "
-              f"{'foolbox img/s':>13} {'s/img':>7} {'+MB':>6} | {'speed-up':>8} | top1@max eps")
+    header = (
+        f"{'attack':7} {'n':>5} | {'ours img/s':>10} {'s/img':>7} {'+MB':>6} | "
+        f"{'foolbox img/s':>13} {'s/img':>7} {'+MB':>6} | {'speed-up':>8} | top1@max eps"
+    )
     print(header)
     print("-" * len(header))
     for name in args.attacks.split(","):
@@ -119,14 +122,18 @@ def main() -> None:
             images = np.concatenate([base] * reps)[:n]
             labels = np.concatenate([base_labels] * reps)[:n]
             s_ours, mb_ours, acc_ours = ours(model, name, images, labels, args.eps, args.batch_size)
-            line = (f"{name:7} {n:5d} | {n / s_ours:10.2f} {s_ours / n:7.4f} {mb_ours:6.0f} | ")
+            line = f"{name:7} {n:5d} | {n / s_ours:10.2f} {s_ours / n:7.4f} {mb_ours:6.0f} | "
             if args.skip_foolbox:
                 print(line + f"{'-':>13} {'-':>7} {'-':>6} | {'-':>8} | ours {acc_ours:.3f}")
                 continue
-            s_fb, mb_fb, acc_fb = foolbox_sweep(model, name, images, labels, args.eps,
-                                                args.batch_size)
-            print(line + f"{n / s_fb:13.2f} {s_fb / n:7.4f} {mb_fb:6.0f} | "
-                  f"{s_fb / s_ours:7.2f}x | ours {acc_ours:.3f} foolbox {acc_fb:.3f}", flush=True)
+            s_fb, mb_fb, acc_fb = foolbox_sweep(
+                model, name, images, labels, args.eps, args.batch_size
+            )
+            print(
+                line + f"{n / s_fb:13.2f} {s_fb / n:7.4f} {mb_fb:6.0f} | "
+                f"{s_fb / s_ours:7.2f}x | ours {acc_ours:.3f} foolbox {acc_fb:.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ def model_and_samples(args: argparse.Namespace):
 
 
 def describe(args: argparse.Namespace, settings: str) -> str:
-    return (f"model {args.model} ({'random' if args.random_weights else 'pretrained'} weights), "
-            f"{settings}, TF {tf.__version__}, {os.cpu_count()} CPUs, "
-            f"GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+    return (
+        f"model {args.model} ({'random' if args.random_weights else 'pretrained'} weights), "
+        f"{settings}, TF {tf.__version__}, {os.cpu_count()} CPUs, "
+        f"GPUs: {len(tf.config.list_physical_devices('GPU'))}"
+    )

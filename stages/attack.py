@@ -21,17 +21,24 @@ def main(name: str) -> None:
     model = common.model(p)
     images, labels, _ = common.attack_set()
     attack = build_attack(name, model, p)
-    result = sweep(attack, images, labels, get(p, f"attacks.{name}.epsilons"),
-                   batch_size=get(p, "model.batch_size"), progress=common.log)
+    result = sweep(
+        attack,
+        images,
+        labels,
+        get(p, f"attacks.{name}.epsilons"),
+        batch_size=get(p, "model.batch_size"),
+        progress=common.log,
+    )
     metrics = result.to_metrics()
     common.write_timing(f"attack@{name}", result.timing())
     metrics["labels"] = get(p, "attacks.labels")
     metrics.update(attack_options(p, name))
     write_json(f"metrics/attacks/{name}.json", metrics)
-    write_rows_csv(f"plots/attacks/{name}.csv",
-                   [{"attack": name, **row} for row in result.rows()])
-    common.log(f"{name}: clean top-1 {result.clean['top1']:.3f}; " + ", ".join(
-        f"eps {e:g}: {result.by_epsilon[e]['top1']:.3f}" for e in result.epsilons))
+    write_rows_csv(f"plots/attacks/{name}.csv", [{"attack": name, **row} for row in result.rows()])
+    common.log(
+        f"{name}: clean top-1 {result.clean['top1']:.3f}; "
+        + ", ".join(f"eps {e:g}: {result.by_epsilon[e]['top1']:.3f}" for e in result.epsilons)
+    )
 
 
 if __name__ == "__main__":

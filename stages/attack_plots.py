@@ -13,12 +13,13 @@ from advpipe.reporting import plot_accuracy_vs_eps
 def main() -> None:
     p = common.params()
     curves = {name: pd.read_csv(f"plots/attacks/{name}.csv") for name in ATTACKS}
-    n = {json.loads(open(f"metrics/attacks/{name}.json").read())["n_images"]
-         for name in ATTACKS}
+    n = {json.loads(open(f"metrics/attacks/{name}.json").read())["n_images"] for name in ATTACKS}
     n_text = f"n = {n.pop()}" if len(n) == 1 else f"n = {sorted(n)}"
     for metric in ("top1", "top5"):
-        title = (f"{metric.replace('top', 'top-')} accuracy vs ε — {get(p, 'model.name')}, "
-                 f"{n_text} images, {get(p, 'attacks.labels').replace('_', ' ')} labels")
+        title = (
+            f"{metric.replace('top', 'top-')} accuracy vs ε — {get(p, 'model.name')}, "
+            f"{n_text} images, {get(p, 'attacks.labels').replace('_', ' ')} labels"
+        )
         path = plot_accuracy_vs_eps(curves, metric, f"plots/attacks/{metric}_vs_eps.png", title)
         common.log(f"wrote {path}")
 

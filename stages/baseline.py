@@ -15,11 +15,16 @@ def main() -> None:
     with Timer() as t:
         logits = predict_logits(model, images, batch_size=get(p, "model.batch_size"))
     acc = accuracy(logits, labels)
-    write_json("metrics/baseline.json", {"model": get(p, "model.name"), "n_images": len(images),
-                                         **acc})
-    common.write_timing("baseline", {"seconds": round(t.seconds, 3),
-                                     "images_per_second": round(len(images) / t.seconds, 3)
-                                     if t.seconds else None})
+    write_json(
+        "metrics/baseline.json", {"model": get(p, "model.name"), "n_images": len(images), **acc}
+    )
+    common.write_timing(
+        "baseline",
+        {
+            "seconds": round(t.seconds, 3),
+            "images_per_second": round(len(images) / t.seconds, 3) if t.seconds else None,
+        },
+    )
     common.log(f"baseline: top-1 {acc['top1']:.4f}, top-5 {acc['top5']:.4f}")
 
 

@@ -30,7 +30,8 @@ _START_UP_NOISE = re.compile(
     r"All log messages before absl::InitializeLog|oneDNN custom operations are on"
     r"|Could not find cuda drivers|cpu_feature_guard|To enable the following instructions"
     r"|failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory"
-    r"|computation placer already registered|TF-TRT Warning: Could not find TensorRT")
+    r"|computation placer already registered|TF-TRT Warning: Could not find TensorRT"
+)
 
 
 @contextlib.contextmanager
@@ -113,8 +114,12 @@ def model(p: dict):
 
     name = get(p, "model.name")
     log(f"loading model {name} ({check_model(p, probe=False)})")
-    return build_model(name, weights_path=get(p, "model.weights_path"),
-                       image_size=get(p, "data.image_size"), seed=get(p, "seed"))
+    return build_model(
+        name,
+        weights_path=get(p, "model.weights_path"),
+        image_size=get(p, "data.image_size"),
+        seed=get(p, "seed"),
+    )
 
 
 def attack_set():
@@ -157,14 +162,20 @@ def transfer(stage: str, p: dict, models: dict, images, labels, batch_size: int)
     from wiring import transfer_from_params
 
     with Timer() as total:
-        result = transfer_from_params(models, images, labels, p, batch_size=batch_size,
-                                      progress=log)
+        result = transfer_from_params(
+            models, images, labels, p, batch_size=batch_size, progress=log
+        )
     write_rows_csv(f"plots/blackbox/{stage}.csv", result.rows())
-    transfer_heatmaps(result, f"plots/blackbox/{stage}",
-                      get(p, "blackbox.transfer.heatmap_epsilon"),
-                      get(p, "attacks.deepfool.overshoot"))
-    write_timing(stage, {"seconds": round(total.seconds, 2), "per_source": result.seconds,
-                         "n_images": len(images)})
+    transfer_heatmaps(
+        result,
+        f"plots/blackbox/{stage}",
+        get(p, "blackbox.transfer.heatmap_epsilon"),
+        get(p, "attacks.deepfool.overshoot"),
+    )
+    write_timing(
+        stage,
+        {"seconds": round(total.seconds, 2), "per_source": result.seconds, "n_images": len(images)},
+    )
     flags = whitebox_flags(result)
     log("white-box <= transfer: " + ("passed" if not flags else "FLAGGED: " + "; ".join(flags)))
     return result

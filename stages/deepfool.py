@@ -2,8 +2,8 @@
 
 import common
 from advpipe.attacks import deepfool
-from wiring import deepfool_options
 from advpipe.reporting import write_json
+from wiring import deepfool_options
 
 
 def main() -> None:
@@ -14,9 +14,11 @@ def main() -> None:
     metrics = result.to_metrics()
     common.write_timing("deepfool", metrics.pop("timing", None) or {"seconds": result.seconds})
     write_json("metrics/attacks/deepfool.json", metrics)
-    common.log(f"deepfool: success {metrics['success_rate']:.3f} "
-               f"(on correct: {metrics['success_rate_on_correct']:.3f}), "
-               f"rho2 {metrics['rho2']:.5f}, median L2 {metrics['l2_median']:.4f}")
+    common.log(
+        f"deepfool: success {metrics['success_rate']:.3f} "
+        f"(on correct: {metrics['success_rate_on_correct']:.3f}), "
+        f"rho2 {metrics['rho2']:.5f}, median L2 {metrics['l2_median']:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -31,22 +31,34 @@ def main(name: str) -> None:
         transfer = {a: build_attack(a, source, p) for a in ATTACKS}
     common.log(f"evaluate {name}: {len(images)} images, {len(classes)} classes")
     out = evaluate_defense(
-        model, images, labels, whitebox=whitebox, transfer=transfer,
+        model,
+        images,
+        labels,
+        whitebox=whitebox,
+        transfer=transfer,
         epsilons=get(p, "defense.evaluation.epsilons"),
         deepfool_options=deepfool_options(p),
-        batch_size=get(p, "defense.evaluation.batch_size"), chance=1.0 / len(classes),
-        margin=get(p, "defense.evaluation.chance_margin"), progress=common.log)
+        batch_size=get(p, "defense.evaluation.batch_size"),
+        chance=1.0 / len(classes),
+        margin=get(p, "defense.evaluation.chance_margin"),
+        progress=common.log,
+    )
     seconds = out.pop("_seconds")
     out = {"model": name, "split": get(p, "defense.evaluation.split"), "classes": classes, **out}
     write_json(f"metrics/defense/eval/{name}.json", out)
-    rows = [{"model": name, "threat": threat, "attack": attack, "eps": float(eps), "top1": acc}
-            for threat in ("whitebox", "transfer") for attack, per in (out[threat] or {}).items()
-            for eps, acc in per.items()]
+    rows = [
+        {"model": name, "threat": threat, "attack": attack, "eps": float(eps), "top1": acc}
+        for threat in ("whitebox", "transfer")
+        for attack, per in (out[threat] or {}).items()
+        for eps, acc in per.items()
+    ]
     write_rows_csv(f"plots/defense/eval/{name}.csv", rows)
     common.write_timing(f"evaluate@{name}", seconds)
     m = out["masking"]
-    common.log(f"{name}: clean {out['clean_top1']:.3f}; masking checks "
-               f"{'passed' if m['passed'] else 'FAILED: ' + '; '.join(m['flags'])}")
+    common.log(
+        f"{name}: clean {out['clean_top1']:.3f}; masking checks "
+        f"{'passed' if m['passed'] else 'FAILED: ' + '; '.join(m['flags'])}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,14 +18,18 @@ def main(name: str) -> None:
     train_x, train_y, _, classes = common.defense_split("train")
     val_x, val_y, _, _ = common.defense_split("val", classes)
     if len(train_x) == 0 or len(val_x) == 0:
-        raise ValueError(f"data.defense_set.split: the defense set has {len(train_x)} train and "
-                         f"{len(val_x)} val images; training needs both")
-    common.log(f"{name}: {len(classes)} classes {classes}, {len(train_x)} train / "
-               f"{len(val_x)} val images")
+        raise ValueError(
+            f"data.defense_set.split: the defense set has {len(train_x)} train and "
+            f"{len(val_x)} val images; training needs both"
+        )
+    common.log(
+        f"{name}: {len(classes)} classes {classes}, {len(train_x)} train / {len(val_x)} val images"
+    )
     from advpipe.defenses.train import train_defense
 
-    out = train_defense(name, defense_setup(p, name), (train_x, train_y), (val_x, val_y), classes,
-                        log=common.log)
+    out = train_defense(
+        name, defense_setup(p, name), (train_x, train_y), (val_x, val_y), classes, log=common.log
+    )
     write_json(f"metrics/defense/train/{name}.json", out["metrics"])
     write_rows_csv(f"plots/defense/curves/{name}.csv", out["curves"])
     common.write_timing(f"train@{name}", out["timings"])

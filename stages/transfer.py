@@ -20,18 +20,31 @@ def main() -> None:
     weights = {get(p, "model.name"): get(p, "model.weights_path")}
     for n in names:  # fail before any work if a model's weights cannot be had
         common.log(f"model {n}: {common.check_weights(n, weights.get(n))}")
-    models = {n: build_at_input_size(n, size, native=get(p, "blackbox.native_size"),
-                                     weights_path=weights.get(n), seed=get(p, "seed"))
-              for n in names}
-    result = common.transfer("transfer", p, models, images, labels,
-                             get(p, "blackbox.batch_size"))
-    write_json("metrics/blackbox/transfer.json", {**result.to_metrics(),
-                                                  "labels": get(p, "attacks.labels"),
-                                                  "native_size": get(p, "blackbox.native_size")})
+    models = {
+        n: build_at_input_size(
+            n,
+            size,
+            native=get(p, "blackbox.native_size"),
+            weights_path=weights.get(n),
+            seed=get(p, "seed"),
+        )
+        for n in names
+    }
+    result = common.transfer("transfer", p, models, images, labels, get(p, "blackbox.batch_size"))
+    write_json(
+        "metrics/blackbox/transfer.json",
+        {
+            **result.to_metrics(),
+            "labels": get(p, "attacks.labels"),
+            "native_size": get(p, "blackbox.native_size"),
+        },
+    )
     for a in result.attacks:
         for e in result.eps_keys(a):
-            common.log(f"{a} eps {e}: mean transfer top-1 {result.mean_transfer(a, e):.3f}, "
-                       f"fooling {result.mean_transfer(a, e, 'fooling_rate'):.3f}")
+            common.log(
+                f"{a} eps {e}: mean transfer top-1 {result.mean_transfer(a, e):.3f}, "
+                f"fooling {result.mean_transfer(a, e, 'fooling_rate'):.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -21,17 +21,26 @@ def main() -> None:
     names = get(p, "blackbox.transfer_defense.models")
     classes = [load_info(model_path(n))["classes"] for n in names]
     if any(c != classes[0] for c in classes):
-        raise ValueError(f"the defense models {names} were trained on different classes; "
-                         "retrain them on the same defense set")
+        raise ValueError(
+            f"the defense models {names} were trained on different classes; "
+            "retrain them on the same defense set"
+        )
     split = get(p, "defense.evaluation.split")
     images, labels, _, _ = common.defense_split(split, classes[0])
     models = {n: load_model(model_path(n)) for n in names}
     common.log(f"transfer among {names}: {len(images)} {split} images, {len(classes[0])} classes")
-    result = common.transfer("transfer_defense", p, models, images, labels,
-                             get(p, "defense.evaluation.batch_size"))
-    write_json("metrics/blackbox/transfer_defense.json",
-               {"split": split, "classes": classes[0], **result.to_metrics(),
-                "labels": get(p, "attacks.labels")})
+    result = common.transfer(
+        "transfer_defense", p, models, images, labels, get(p, "defense.evaluation.batch_size")
+    )
+    write_json(
+        "metrics/blackbox/transfer_defense.json",
+        {
+            "split": split,
+            "classes": classes[0],
+            **result.to_metrics(),
+            "labels": get(p, "attacks.labels"),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ this module has no side effects (unlike ``common``), so tests import it too.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -32,13 +33,24 @@ def deepfool_options(params: Params) -> dict:
 def build_attack(name: str, model, params: Params, *, labels: str | None = None):
     """Attack ``name`` on ``model`` as ``params.yaml`` configures it (``attacks.<name>``,
     ``attacks.labels`` unless ``labels`` is given, ``seed``)."""
-    return make_attack(name, model, labels=labels or params["attacks"]["labels"],
-                       seed=params["seed"], **attack_options(params, name))
+    return make_attack(
+        name,
+        model,
+        labels=labels or params["attacks"]["labels"],
+        seed=params["seed"],
+        **attack_options(params, name),
+    )
 
 
-def transfer_from_params(models: Mapping[str, object], images: np.ndarray, labels: np.ndarray,
-                         params: Params, *, batch_size: int,
-                         progress: Callable[[str], None] | None = None):
+def transfer_from_params(
+    models: Mapping[str, object],
+    images: np.ndarray,
+    labels: np.ndarray,
+    params: Params,
+    *,
+    batch_size: int,
+    progress: Callable[[str], None] | None = None,
+):
     """:func:`advpipe.attacks.transfer.transfer_matrix` with the attacks, ε and DeepFool of
     ``blackbox.transfer.attacks``/``epsilons``, ``attacks.<name>`` and ``attacks.deepfool``."""
     from advpipe.attacks.deepfool import deepfool
@@ -47,11 +59,18 @@ def transfer_from_params(models: Mapping[str, object], images: np.ndarray, label
     options = deepfool_options(params)
     group = params["blackbox"]["transfer"]
     return transfer_matrix(
-        models, lambda a, m: build_attack(a, m, params), images, labels,
-        attacks=group["attacks"], epsilons=group["epsilons"], batch_size=batch_size,
-        deepfool=lambda m, x, y: deepfool(m, x, y, keep_adversarial=True, progress=progress,
-                                          **options),
-        progress=progress)
+        models,
+        lambda a, m: build_attack(a, m, params),
+        images,
+        labels,
+        attacks=group["attacks"],
+        epsilons=group["epsilons"],
+        batch_size=batch_size,
+        deepfool=lambda m, x, y: deepfool(
+            m, x, y, keep_adversarial=True, progress=progress, **options
+        ),
+        progress=progress,
+    )
 
 
 def train_config(params: Params, group: str):
@@ -76,12 +95,17 @@ def defense_setup(params: Params, name: str):
     group = params["defense"][entry.params_group]
     train_keys = {f for f in TrainConfig.__dataclass_fields__}
     return DefenseSetup(
-        model=ModelSpec(trunk=model["trunk"], hidden_units=model["hidden_units"],
-                        dropout=model["dropout"], trainable_blocks=model["trainable_blocks"],
-                        image_size=get(params, "data.image_size"),
-                        weights_path=model["weights_path"]),
+        model=ModelSpec(
+            trunk=model["trunk"],
+            hidden_units=model["hidden_units"],
+            dropout=model["dropout"],
+            trainable_blocks=model["trainable_blocks"],
+            image_size=get(params, "data.image_size"),
+            weights_path=model["weights_path"],
+        ),
         train=train_config(params, entry.params_group),
         method={k: v for k, v in group.items() if k not in train_keys},
         attack_options={a: attack_options(params, a) for a in ATTACKS},
         deepfool_steps=get(params, "attacks.deepfool.steps"),
-        seed=get(params, "seed"))
+        seed=get(params, "seed"),
+    )

@@ -1,12 +1,13 @@
 import contextlib
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # stage-side helpers (stages/wiring.py: params -> plain arguments) are importable in tests
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "stages"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "stages")
+)
 
 from pathlib import Path  # noqa: E402
 
@@ -43,15 +44,28 @@ def copy_repository(dest: Path) -> None:
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for rel in files:
         src = root / rel
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-    for generated in ["dvc.lock", "metrics", "plots", "data/attack", "data/defense", "models",
-                      "tables", "timings"]:
+    for generated in [
+        "dvc.lock",
+        "metrics",
+        "plots",
+        "data/attack",
+        "data/defense",
+        "models",
+        "tables",
+        "timings",
+    ]:
         path = dest / generated
         if path.is_dir():
             shutil.rmtree(path)
@@ -63,7 +77,14 @@ def copy_repository(dest: Path) -> None:
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch):
     """The download tests talk to 127.0.0.1: no proxy from the environment in between."""
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+    for name in (
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -77,8 +98,9 @@ def local_http_server(handler: type) -> Iterator[str]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
     httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}"

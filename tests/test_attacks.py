@@ -86,8 +86,12 @@ def test_rfgsm_reproducible_and_formula(tiny, batch):
     assert np.abs(RFGSM(tiny, seed=8)(x, y, eps) - a1(x, y, eps)).max() > 0
     # independent of batching: the noise of image i depends only on (seed, i)
     whole = a1(x, y, eps)
-    halves = np.concatenate([a1(x[:5], y[:5], eps, index=np.arange(5)),
-                             a1(x[5:], y[5:], eps, index=np.arange(5, len(x)))])
+    halves = np.concatenate(
+        [
+            a1(x[:5], y[:5], eps, index=np.arange(5)),
+            a1(x[5:], y[5:], eps, index=np.arange(5, len(x))),
+        ]
+    )
     np.testing.assert_allclose(whole, halves, atol=1e-6)
     # eta = alpha*sign(xi) + (eps - alpha)*sign(grad at the (clipped) noisy point)
     prepared = a1.prepare(x, y)
@@ -96,8 +100,9 @@ def test_rfgsm_reproducible_and_formula(tiny, batch):
     x_adv, eta = a1.unclipped(prepared, eps)
     x_hat = np.clip(x + alpha * noise, 0, 1)
     _, g = LossGradient(tiny)(x_hat, y)
-    np.testing.assert_allclose(eta.numpy(), alpha * noise + (eps - alpha) * np.sign(g.numpy()),
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        eta.numpy(), alpha * noise + (eps - alpha) * np.sign(g.numpy()), atol=1e-7
+    )
     np.testing.assert_allclose(x_adv.numpy(), np.clip(x + eta.numpy(), 0, 1), atol=1e-7)
 
 
@@ -115,8 +120,9 @@ def test_predicted_label_mode_attacks_the_prediction(tiny, batch):
     x, _ = batch
     pred = tiny(x).numpy().argmax(1).astype(np.int64)
     wrong = (pred + 1) % 10
-    np.testing.assert_allclose(FGSM(tiny, labels="predicted")(x, wrong, 0.02),
-                               FGSM(tiny)(x, pred, 0.02), atol=1e-7)
+    np.testing.assert_allclose(
+        FGSM(tiny, labels="predicted")(x, wrong, 0.02), FGSM(tiny)(x, pred, 0.02), atol=1e-7
+    )
 
 
 def test_sweep_counts_and_reuses_gradient(tiny, batch, monkeypatch):

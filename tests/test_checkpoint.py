@@ -18,11 +18,15 @@ from advpipe.models.checkpoint import (
 )
 from advpipe.models.efficientnet_lite import checkpoint_path
 
-SYS_INFO = {"protocol_version": LEGACY_PROTOCOL_VERSION, "little_endian": True,
-            "type_sizes": {"short": 2, "int": 4, "long": 4}}
+SYS_INFO = {
+    "protocol_version": LEGACY_PROTOCOL_VERSION,
+    "little_endian": True,
+    "type_sizes": {"short": 2, "int": 4, "long": 4},
+}
 
 
 # --- hand-written legacy checkpoints (pickle opcodes; no torch needed) ------------------
+
 
 def _lit(obj) -> bytes:
     """Opcodes pushing a literal (str/int/tuple/None) on the pickle stack."""
@@ -42,30 +46,61 @@ def _call(module: str, name: str, *args) -> bytes:
 def _tensor(key: str, storage: np.ndarray, offset: int, shape, stride) -> bytes:
     """Opcodes for ``torch._utils._rebuild_tensor_v2(<persistent storage>, ...)``."""
     storage_type = {"float32": "FloatStorage", "int64": "LongStorage"}[storage.dtype.name]
-    persistent_id = (pickle.MARK + _lit("storage") + _global("torch", storage_type) + _lit(key)
-                     + _lit("cpu") + _lit(storage.size) + pickle.NONE + pickle.TUPLE
-                     + pickle.BINPERSID)
+    persistent_id = (
+        pickle.MARK
+        + _lit("storage")
+        + _global("torch", storage_type)
+        + _lit(key)
+        + _lit("cpu")
+        + _lit(storage.size)
+        + pickle.NONE
+        + pickle.TUPLE
+        + pickle.BINPERSID
+    )
     hooks = _global("collections", "OrderedDict") + pickle.EMPTY_TUPLE + pickle.REDUCE
-    return (_global("torch._utils", "_rebuild_tensor_v2") + pickle.MARK + persistent_id
-            + _lit(offset) + _lit(tuple(shape)) + _lit(tuple(stride)) + pickle.NEWFALSE + hooks
-            + pickle.TUPLE + pickle.REDUCE)
+    return (
+        _global("torch._utils", "_rebuild_tensor_v2")
+        + pickle.MARK
+        + persistent_id
+        + _lit(offset)
+        + _lit(tuple(shape))
+        + _lit(tuple(stride))
+        + pickle.NEWFALSE
+        + hooks
+        + pickle.TUPLE
+        + pickle.REDUCE
+    )
 
 
-def _legacy_file(main_pickle: bytes, storages: dict[str, np.ndarray],
-                 sys_info: bytes | None = None) -> bytes:
+def _legacy_file(
+    main_pickle: bytes, storages: dict[str, np.ndarray], sys_info: bytes | None = None
+) -> bytes:
     """Assemble a legacy checkpoint: magic, protocol, sys_info, main pickle, keys, raw data."""
-    header = (pickle.dumps(LEGACY_MAGIC_NUMBER, protocol=2)
-              + pickle.dumps(LEGACY_PROTOCOL_VERSION, protocol=2)
-              + (sys_info if sys_info is not None else pickle.dumps(SYS_INFO, protocol=2)))
-    raw = b"".join(np.int64(a.size).tobytes() + a.astype(a.dtype.newbyteorder("<")).tobytes()
-                   for a in storages.values())
+    header = (
+        pickle.dumps(LEGACY_MAGIC_NUMBER, protocol=2)
+        + pickle.dumps(LEGACY_PROTOCOL_VERSION, protocol=2)
+        + (sys_info if sys_info is not None else pickle.dumps(SYS_INFO, protocol=2))
+    )
+    raw = b"".join(
+        np.int64(a.size).tobytes() + a.astype(a.dtype.newbyteorder("<")).tobytes()
+        for a in storages.values()
+    )
     return header + main_pickle + pickle.dumps(list(storages), protocol=2) + raw
 
 
 def _state_dict_pickle(entries: list[tuple[str, bytes]]) -> bytes:
     body = b"".join(_lit(name) + tensor for name, tensor in entries)
-    return (pickle.PROTO + b"\x02" + _global("collections", "OrderedDict") + pickle.EMPTY_TUPLE
-            + pickle.REDUCE + pickle.MARK + body + pickle.SETITEMS + pickle.STOP)
+    return (
+        pickle.PROTO
+        + b"\x02"
+        + _global("collections", "OrderedDict")
+        + pickle.EMPTY_TUPLE
+        + pickle.REDUCE
+        + pickle.MARK
+        + body
+        + pickle.SETITEMS
+        + pickle.STOP
+    )
 
 
 def _manual_gather(storage: np.ndarray, offset: int, shape, stride) -> np.ndarray:
@@ -73,11 +108,13 @@ def _manual_gather(storage: np.ndarray, offset: int, shape, stride) -> np.ndarra
     ndim = len(shape)
     flat_index = offset + sum(
         np.arange(n).reshape([-1 if d == axis else 1 for d in range(ndim)]) * s
-        for axis, (n, s) in enumerate(zip(shape, stride)))
+        for axis, (n, s) in enumerate(zip(shape, stride))
+    )
     return storage[flat_index]
 
 
 # --- the real EfficientNet-Lite0 checkpoint ---------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def lite0_state():
@@ -132,8 +169,8 @@ def _raw_storages_and_stem_key(path) -> tuple[dict[str, bytes], str]:
             main_strings = strings
     raw = {}
     for key in strings:  # the last pickle is the list of storage keys
-        nbytes = int.from_bytes(buffer[pos:pos + 8], "little") * itemsize[key]
-        raw[key] = buffer[pos + 8:pos + 8 + nbytes]
+        nbytes = int.from_bytes(buffer[pos : pos + 8], "little") * itemsize[key]
+        raw[key] = buffer[pos + 8 : pos + 8 + nbytes]
         pos += 8 + nbytes
     assert pos == len(buffer)
     at = main_strings.index("_conv_stem.weight")
@@ -154,11 +191,15 @@ def test_real_noncontiguous_weight_matches_manual_gather(lite0_state):
 
 def test_noncontiguous_tensor_matches_manual_gather(tmp_path):
     storage = np.arange(200, dtype=np.float32) * 0.5
-    shape, stride, offset = (4, 3, 2, 2), (1, 16, 4, 48), 5   # OIHW viewed on channels-last data
+    shape, stride, offset = (4, 3, 2, 2), (1, 16, 4, 48), 5  # OIHW viewed on channels-last data
     counter = np.arange(3, dtype=np.int64)
-    main = _state_dict_pickle([("w", _tensor("k0", storage, offset, shape, stride)),
-                               ("t", _tensor("k0", storage, 7, (3, 2), (2, 1))),
-                               ("n", _tensor("k1", counter, 2, (), ()))])
+    main = _state_dict_pickle(
+        [
+            ("w", _tensor("k0", storage, offset, shape, stride)),
+            ("t", _tensor("k0", storage, 7, (3, 2), (2, 1))),
+            ("n", _tensor("k1", counter, 2, (), ())),
+        ]
+    )
     path = tmp_path / "strided.pth"
     path.write_bytes(_legacy_file(main, {"k0": storage, "k1": counter}))
 
@@ -180,6 +221,7 @@ def test_out_of_bounds_geometry_is_refused(tmp_path):
 
 
 # --- malicious and unsupported files ---------------------------------------------------
+
 
 def _eval_payload(marker) -> bytes:
     """A pickle that creates ``marker`` when loaded with plain :func:`pickle.load`."""
@@ -226,8 +268,12 @@ def test_eval_global_is_refused_and_not_executed(tmp_path, where):
 def test_os_system_hidden_in_state_dict_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     storage = np.ones(2, dtype=np.float32)
-    main = _state_dict_pickle([("ok", _tensor("k0", storage, 0, (2,), (1,))),
-                               ("bad", _call("os", "system", f"touch '{marker}'"))])
+    main = _state_dict_pickle(
+        [
+            ("ok", _tensor("k0", storage, 0, (2,), (1,))),
+            ("bad", _call("os", "system", f"touch '{marker}'")),
+        ]
+    )
     path = tmp_path / "evil.pth"
     path.write_bytes(_legacy_file(main, {"k0": storage}))
     with pytest.raises(UnsafeCheckpointError, match=r"os\.system"):

@@ -9,8 +9,7 @@ from PIL import Image
 
 from advpipe.data.class_index import imagenet_classes
 from advpipe.data.folder import ImageChecks, UnreadableClassError, load_folder
-from advpipe.data.images import (load_square, read_image_set, to_rgb, to_square,
-                                 write_image_set)
+from advpipe.data.images import load_square, read_image_set, to_rgb, to_square, write_image_set
 from advpipe.data.samples import load_samples
 from advpipe.data.splits import stratified_split
 
@@ -20,7 +19,10 @@ def test_class_index_known_entries():
     assert len(c) == 1000
     assert c.wnids[0] == "n01440764" and c.short_name(0) == "tench"
     assert (c.short_name(96), c.short_name(530), c.short_name(950)) == (
-        "toucan", "digital clock", "orange")
+        "toucan",
+        "digital clock",
+        "orange",
+    )
     assert c.index_of("n07747607") == 950
     assert list(c.wnids) == sorted(c.wnids)  # the standard order: sorted by WordNet id
     with pytest.raises(KeyError, match="n99999999"):
@@ -36,7 +38,7 @@ def test_to_square_short_side_then_centre_crop():
     out = np.asarray(to_square(Image.fromarray(arr), 100))
     assert out.shape == (100, 100, 3)
     # short side 200 -> 100, width 400 -> 200, centre 100 kept: x in [100, 300) of the original
-    assert out[50, 50, 1] > 200          # the green band sits in the middle
+    assert out[50, 50, 1] > 200  # the green band sits in the middle
     assert out[50, 2, 0] > 200 and out[50, 97, 2] > 200
     with pytest.raises(ValueError, match="resample"):
         to_square(Image.fromarray(arr), 100, "cubic")
@@ -51,7 +53,7 @@ def test_crop_ratio_cuts_the_border_standard_imagenet_eval(tmp_path):
     img = Image.fromarray(arr)
     cropped = np.asarray(to_square(img, 224, "nearest", crop_ratio=0.875))
     assert cropped.shape == (224, 224, 3)
-    assert (cropped == (0, 255, 0)).all()        # no red pixel left anywhere
+    assert (cropped == (0, 255, 0)).all()  # no red pixel left anywhere
     full = np.asarray(to_square(img, 224, "nearest", crop_ratio=1.0))
     assert (full[:10, :, 0] == 255).all() and (full[112, 112] == (0, 255, 0)).all()
     # a frame wider than the cut survives: 40 px -> 32 px at 256, 16 px cut on each side
@@ -85,14 +87,18 @@ GREY = round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)  # ITU-R 601-2 luma of (200
 RGB = Image.new("RGB", (8, 8), (200, 100, 50))
 
 
-@pytest.mark.parametrize("make,expected,tol", [
-    (lambda: RGB.convert("L"), (GREY,) * 3, 0),
-    (lambda: RGB.convert("LA"), (GREY,) * 3, 0),
-    (lambda: RGB.convert("CMYK"), (200, 100, 50), 0),
-    (lambda: RGB.convert("P", palette=Image.Palette.ADAPTIVE), (200, 100, 50), 0),
-    (lambda: RGB.convert("RGBA"), (200, 100, 50), 0),
-    (lambda: Image.fromarray(np.full((8, 8), GREY * 257, np.uint16)), (GREY,) * 3, 1),  # I;16
-], ids=["L", "LA", "CMYK", "P", "RGBA", "I;16"])
+@pytest.mark.parametrize(
+    "make,expected,tol",
+    [
+        (lambda: RGB.convert("L"), (GREY,) * 3, 0),
+        (lambda: RGB.convert("LA"), (GREY,) * 3, 0),
+        (lambda: RGB.convert("CMYK"), (200, 100, 50), 0),
+        (lambda: RGB.convert("P", palette=Image.Palette.ADAPTIVE), (200, 100, 50), 0),
+        (lambda: RGB.convert("RGBA"), (200, 100, 50), 0),
+        (lambda: Image.fromarray(np.full((8, 8), GREY * 257, np.uint16)), (GREY,) * 3, 1),  # I;16
+    ],
+    ids=["L", "LA", "CMYK", "P", "RGBA", "I;16"],
+)
 def test_to_rgb_modes(make, expected, tol):
     out = to_rgb(make())
     assert out.mode == "RGB" and out.size == (8, 8)
@@ -108,8 +114,14 @@ def test_transparent_pixels_become_white():
 def test_image_set_roundtrip(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
-    manifest = pd.DataFrame({"label": [1, 2, 3], "wnid": ["a", "b", "c"], "name": list("xyz"),
-                             "split": ["train", "val", "test"]})
+    manifest = pd.DataFrame(
+        {
+            "label": [1, 2, 3],
+            "wnid": ["a", "b", "c"],
+            "name": list("xyz"),
+            "split": ["train", "val", "test"],
+        }
+    )
     write_image_set(tmp_path / "s", images, manifest)
     back, m = read_image_set(tmp_path / "s")
     np.testing.assert_array_equal(back, images)
@@ -156,16 +168,21 @@ def test_folder_source(tmp_path):
 def test_folder_applies_the_downloader_checks(tmp_path):
     c = _photo_folder(tmp_path, (5,), 2)
     d = tmp_path / c.wnids[5]
-    Image.new("RGB", (100, 90), (128, 128, 128)).save(d / "0a_blank.png")       # placeholder
-    Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 90, 3), dtype=np.uint8)
-                    ).save(d / "0b_small.png")                                 # side < 64
+    Image.new("RGB", (100, 90), (128, 128, 128)).save(d / "0a_blank.png")  # placeholder
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 90, 3), dtype=np.uint8)).save(
+        d / "0b_small.png"
+    )  # side < 64
     big = Image.fromarray(np.random.default_rng(3).integers(0, 256, (100, 120, 3), np.uint8))
-    big.save(d / "0c_big.png")                                                  # 12000 px
-    images, manifest, report = load_folder(tmp_path, [5], per_class=2, size=32,
-                                           checks=ImageChecks(min_side=64, max_pixels=10_000))
+    big.save(d / "0c_big.png")  # 12000 px
+    images, manifest, report = load_folder(
+        tmp_path, [5], per_class=2, size=32, checks=ImageChecks(min_side=64, max_pixels=10_000)
+    )
     assert [Path(f).name for f in manifest["source"]] == ["0.jpg", "1.jpg"]
-    assert report[c.wnids[5]]["rejected"] == {"placeholder_uniform": 1, "too_many_pixels": 1,
-                                              "too_small_side": 1}
+    assert report[c.wnids[5]]["rejected"] == {
+        "placeholder_uniform": 1,
+        "too_many_pixels": 1,
+        "too_small_side": 1,
+    }
     # the blank image alone is not a usable class
     for f in ("0.jpg", "1.jpg", "0b_small.png", "0c_big.png"):
         (d / f).unlink()
@@ -191,16 +208,18 @@ def test_folder_class_with_only_unreadable_files(tmp_path, caplog):
         load_folder(tmp_path, [9], per_class=2, size=32)
     # skipped with a warning; the split of what is left does not crash
     with caplog.at_level("WARNING"):
-        images, manifest, report = load_folder(tmp_path, [1, 7], per_class=2, size=32,
-                                               skip_unreadable_classes=True)
+        images, manifest, report = load_folder(
+            tmp_path, [1, 7], per_class=2, size=32, skip_unreadable_classes=True
+        )
     assert "class 7" in caplog.text and "skipped" in caplog.text
     assert images.shape == (2, 32, 32, 3) and list(manifest["label"]) == [1, 1]
     assert report[c.wnids[7]]["skipped_class"] is True
     split = stratified_split(manifest["label"], {"train": 1, "val": 1, "test": 0}, seed=0)
     assert sorted(split) == ["train", "val"]
     # every class skipped: an empty set with the usual columns, and an empty split
-    images, manifest, _ = load_folder(tmp_path, [7, 9], per_class=2, size=32,
-                                      skip_unreadable_classes=True)
+    images, manifest, _ = load_folder(
+        tmp_path, [7, 9], per_class=2, size=32, skip_unreadable_classes=True
+    )
     assert images.shape == (0, 32, 32, 3) and list(manifest.columns[:2]) == ["label", "wnid"]
     assert len(stratified_split(manifest["label"], {"train": 1, "val": 1, "test": 1}, 0)) == 0
 
@@ -211,8 +230,9 @@ def test_split_is_stratified_exact_and_deterministic():
     for cls in (96, 530, 950):
         counts = pd.Series(split[labels == cls]).value_counts()
         assert counts.to_dict() == {"train": 300, "val": 100, "test": 100}
-    np.testing.assert_array_equal(split, stratified_split(labels, {"train": 3, "val": 1,
-                                                                   "test": 1}, seed=0))
+    np.testing.assert_array_equal(
+        split, stratified_split(labels, {"train": 3, "val": 1, "test": 1}, seed=0)
+    )
     assert (split != stratified_split(labels, {"train": 3, "val": 1, "test": 1}, seed=1)).any()
 
 

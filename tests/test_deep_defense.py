@@ -1,9 +1,9 @@
 """Deep Defense (eqs. 10-13): the regulariser's gradient through DeepFool, and the loss."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from advpipe.defenses.deep_defense import DeepDefense, regulariser
 
@@ -13,8 +13,7 @@ def _model64(seed=0):
     inputs = keras.Input((6, 6, 3), dtype="float64")
     x = keras.layers.Flatten(dtype="float64")(inputs)
     x = keras.layers.Dense(12, activation="tanh", dtype="float64", kernel_initializer=init(0))(x)
-    logits = keras.layers.Dense(3, dtype="float64", kernel_initializer=init(1),
-                                name="last")(x)
+    logits = keras.layers.Dense(3, dtype="float64", kernel_initializer=init(1), name="last")(x)
     return keras.Model(inputs, logits)
 
 
@@ -58,8 +57,7 @@ def test_regulariser_shape_of_eq_11():
     ratio = tf.constant([0.0, 0.01, 0.0, 0.01])
     correct = tf.constant([True, True, False, False])
     reg = regulariser(ratio, correct, 15.0, 25.0, 5.0).numpy()
-    np.testing.assert_allclose(reg, [15.0, 15 * np.exp(-0.25), 15.0, 15 * np.exp(0.05)],
-                               rtol=1e-6)
+    np.testing.assert_allclose(reg, [15.0, 15 * np.exp(-0.25), 15.0, 15 * np.exp(0.05)], rtol=1e-6)
 
 
 def test_loss_is_mean_cross_entropy_plus_regulariser(tiny):

@@ -27,8 +27,17 @@ def test_rho2_is_mean_ratio_over_successes():
 
 def test_deepfool_flips_prediction_and_reports_rho2(tiny, batch):
     x, y = batch
-    result = deepfool(tiny, x, y, steps=50, candidates=5, overshoot=0.02, batch_size=6,
-                      keep_adversarial=True, **QUIET)
+    result = deepfool(
+        tiny,
+        x,
+        y,
+        steps=50,
+        candidates=5,
+        overshoot=0.02,
+        batch_size=6,
+        keep_adversarial=True,
+        **QUIET,
+    )
     pred_before = tiny(x).numpy().argmax(1)
     pred_after = tiny(result.adversarial).numpy().argmax(1)
     assert result.success.mean() >= 0.9
@@ -37,9 +46,12 @@ def test_deepfool_flips_prediction_and_reports_rho2(tiny, batch):
     assert result.adversarial.min() >= 0 and result.adversarial.max() <= 1
     m = result.to_metrics()
     # rho_2 (eq. 14) from scratch: float64 sums of squares, image by image, fooled ones only
-    ratios = [np.sqrt(((result.adversarial[i].astype(np.float64) - x[i]) ** 2).sum())
-              / np.sqrt((x[i].astype(np.float64) ** 2).sum())
-              for i in range(len(x)) if result.success[i]]
+    ratios = [
+        np.sqrt(((result.adversarial[i].astype(np.float64) - x[i]) ** 2).sum())
+        / np.sqrt((x[i].astype(np.float64) ** 2).sum())
+        for i in range(len(x))
+        if result.success[i]
+    ]
     assert ratios and m["rho2"] == pytest.approx(sum(ratios) / len(ratios), rel=1e-4)
     assert m["rho2"] == rho2(result.perturbation_l2, result.image_l2, result.success)
     assert 0 < m["rho2"] < 1
@@ -68,8 +80,9 @@ def test_candidates_beyond_num_classes_means_all(tiny, batch):
     # candidates = 3: every step picks one of the 2 classes after the prediction
     logits = tiny(x).numpy()
     top = np.argsort(-logits, axis=1)
-    _, _, info = deepfool_tf(lambda t: tiny(t, training=False), tf.constant(x), steps=20,
-                             candidates=3, return_info=True)
+    _, _, info = deepfool_tf(
+        lambda t: tiny(t, training=False), tf.constant(x), steps=20, candidates=3, return_info=True
+    )
     choices = info["choices"].numpy()
     for i in range(len(x)):
         assert set(choices[i][choices[i] >= 0]) <= set(top[i, 1:3])
@@ -92,9 +105,16 @@ def test_targeted_reaches_the_target_along_its_own_w(tiny, batch):
     logits = model_fn(x).numpy()
     pred = logits.argmax(1)
     target = np.argsort(logits, axis=1)[:, -3].astype(np.int64)  # the 3rd most likely class
-    target[0] = -1                                                # one untargeted row
-    x_adv, r, info = deepfool_tf(model_fn, x, steps=50, candidates=10, overshoot=0.02,
-                                 targets=tf.constant(target), return_info=True)
+    target[0] = -1  # one untargeted row
+    x_adv, r, info = deepfool_tf(
+        model_fn,
+        x,
+        steps=50,
+        candidates=10,
+        overshoot=0.02,
+        targets=tf.constant(target),
+        return_info=True,
+    )
     after = model_fn(x_adv).numpy().argmax(1)
     ok = info["success"].numpy()
     assert ok[1:].mean() >= 0.9
@@ -107,8 +127,9 @@ def test_targeted_reaches_the_target_along_its_own_w(tiny, batch):
 
     # one step: r = (1 + overshoot)(|f'_t| / ||w_t|| + 1e-4) / ||w_t|| * w_t,
     # w_t = grad(f_t - f_pred)
-    _, r1 = deepfool_tf(model_fn, x, steps=1, candidates=10, overshoot=0.02,
-                        targets=tf.constant(target))
+    _, r1 = deepfool_tf(
+        model_fn, x, steps=1, candidates=10, overshoot=0.02, targets=tf.constant(target)
+    )
     rows = np.arange(1, len(target))
     with tf.GradientTape() as tape:
         tape.watch(x)
@@ -128,12 +149,23 @@ def _tiny_float64(seed=0):
 
     normal = lambda i: keras.initializers.RandomNormal(0.0, 1.0, seed=seed + i)  # noqa: E731
     inputs = keras.Input((8, 8, 3), dtype="float64")
-    h = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="tanh", dtype="float64",
-                            kernel_initializer=normal(0))(inputs)
+    h = keras.layers.Conv2D(
+        4,
+        3,
+        strides=2,
+        padding="same",
+        activation="tanh",
+        dtype="float64",
+        kernel_initializer=normal(0),
+    )(inputs)
     h = keras.layers.Flatten(dtype="float64")(h)
     h = keras.layers.Dense(16, activation="tanh", dtype="float64", kernel_initializer=normal(1))(h)
-    out = keras.layers.Dense(5, dtype="float64", name="head",
-                             kernel_initializer=keras.initializers.GlorotUniform(seed + 2))(h)
+    out = keras.layers.Dense(
+        5,
+        dtype="float64",
+        name="head",
+        kernel_initializer=keras.initializers.GlorotUniform(seed + 2),
+    )(h)
     return keras.Model(inputs, out)
 
 
@@ -145,8 +177,15 @@ def test_differentiable_mode_gradient_matches_finite_differences():
     x_norm = tf.norm(tf.reshape(x, [8, -1]), axis=1)
 
     def objective():
-        _, r, info = deepfool_tf(lambda t: model(t, training=False), x, steps=10, candidates=5,
-                                 overshoot=0.02, differentiable=True, return_info=True)
+        _, r, info = deepfool_tf(
+            lambda t: model(t, training=False),
+            x,
+            steps=10,
+            candidates=5,
+            overshoot=0.02,
+            differentiable=True,
+            return_info=True,
+        )
         value = tf.reduce_sum(tf.norm(tf.reshape(r, [8, -1]), axis=1) / x_norm)
         return value, info, r
 
@@ -186,8 +225,9 @@ def test_differentiable_mode_gradient_matches_finite_differences():
 
     # evaluation mode: same r, no gradient to the weights
     with tf.GradientTape() as tape:
-        _, r_eval = deepfool_tf(lambda t: model(t, training=False), x, steps=10, candidates=5,
-                                overshoot=0.02)
+        _, r_eval = deepfool_tf(
+            lambda t: model(t, training=False), x, steps=10, candidates=5, overshoot=0.02
+        )
         v_eval = tf.reduce_sum(tf.norm(tf.reshape(r_eval, [8, -1]), axis=1) / x_norm)
     np.testing.assert_allclose(r_eval.numpy(), r.numpy(), rtol=1e-10, atol=1e-14)
     assert tape.gradient(v_eval, kernel) is None

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import SHARED_IMAGENETTE, copy_repository
 
-pytestmark = pytest.mark.skipif(not SHARED_IMAGENETTE.is_dir(),
-                                reason="shared Imagenette data not present")
+pytestmark = pytest.mark.skipif(
+    not SHARED_IMAGENETTE.is_dir(), reason="shared Imagenette data not present"
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,13 @@ def run(tmp_path_factory):
     copy_repository(dest)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     d = params["data"]
-    d["defense_set"].update(source="folder", first=None, indices=[0, 482, 574], per_class=30,
-                            split={"train": 10, "val": 10, "test": 10})
+    d["defense_set"].update(
+        source="folder",
+        first=None,
+        indices=[0, 482, 574],
+        per_class=30,
+        split={"train": 10, "val": 10, "test": 10},
+    )
     d["folder"]["path"] = str(SHARED_IMAGENETTE)
     defense = params["defense"]
     defense["clean"]["epochs"] = 5
@@ -39,10 +44,15 @@ def run(tmp_path_factory):
     params["attacks"]["pgd"]["steps"] = 5
     params["attacks"]["deepfool"]["steps"] = 10
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(["dvc", "repro", "defense_report"], cwd=dest, env=env,
-                          capture_output=True, text=True)
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        DVC_NO_ANALYTICS="1",
+        TF_CPP_MIN_LOG_LEVEL="3",
+    )
+    proc = subprocess.run(
+        ["dvc", "repro", "defense_report"], cwd=dest, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return dest, proc
 
@@ -62,8 +72,12 @@ def test_every_defense_model_is_trained_evaluated_and_tabled(run):
         assert set(ev["whitebox"]) >= {"fgsm", "fgm", "rfgsm", "step_ll", "pgd"}
         assert (ev["transfer"] is None) == (name == "clean")
         assert 0 < ev["deepfool"]["rho2"] < 0.1
-        assert {"iterative_beats_one_step", "whitebox_beats_transfer",
-                "falls_towards_chance", "flags"} <= set(ev["masking"])
+        assert {
+            "iterative_beats_one_step",
+            "whitebox_beats_transfer",
+            "falls_towards_chance",
+            "flags",
+        } <= set(ev["masking"])
         assert f"| {name} | 30/30/30 |" in table  # n per split (3 classes x 10) in the table
     assert "Smoke run" in table  # 10 training images per class is not a result
 
@@ -81,19 +95,33 @@ def test_training_metrics_report_label_leaking_and_curves(run):
     for name in ("kurakin_step_ll", "kurakin_fgsm"):
         tr = _json(dest, f"metrics/defense/train/{name}.json")
         leak = tr["label_leaking"]
-        assert {"clean_top1", "adv_top1_ground_truth_labels", "adv_top1_predicted_labels"} <= set(leak)
+        assert {"clean_top1", "adv_top1_ground_truth_labels", "adv_top1_predicted_labels"} <= set(
+            leak
+        )
         curve = (dest / f"plots/defense/curves/{name}.csv").read_text().splitlines()
-        assert curve[0].split(",")[:6] == ["model", "epoch", "train_loss", "clean_acc", "adv_acc",
-                                           "val_acc"]
+        assert curve[0].split(",")[:6] == [
+            "model",
+            "epoch",
+            "train_loss",
+            "clean_acc",
+            "adv_acc",
+            "val_acc",
+        ]
         assert len(curve) == 2  # one epoch
 
 
 def test_saved_models_load_with_keras(run):
     dest, _ = run
-    code = ("import keras, advpipe, numpy as np; "
-            f"m = keras.models.load_model({str(dest / 'models/defense/kurakin_step_ll.keras')!r}); "
-            "print(m(np.zeros((1, 224, 224, 3), 'float32')).shape)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    code = (
+        "import keras, advpipe, numpy as np; "
+        f"m = keras.models.load_model({str(dest / 'models/defense/kurakin_step_ll.keras')!r}); "
+        "print(m(np.zeros((1, 224, 224, 3), 'float32')).shape)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "(1, 3)" in out.stdout

@@ -15,9 +15,14 @@ import tensorflow as tf
 
 from advpipe.attacks import FGSM, StepLL
 from advpipe.defenses.adversarial import AdversarialTraining, kurakin_loss, sample_epsilons
-from advpipe.defenses.model import (build_defense_model, load_model, save_model,
-                                    set_trainable_blocks, trunk_blocks)
 from advpipe.defenses.loop import CleanLoss, TrainConfig, Trainer
+from advpipe.defenses.model import (
+    build_defense_model,
+    load_model,
+    save_model,
+    set_trainable_blocks,
+    trunk_blocks,
+)
 from advpipe.metrics import masking_checks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +50,9 @@ def _ce(logits, y):
 def test_eq9_loss_against_a_hand_computation(defense_model, data):
     x, y = data
     method = AdversarialTraining(FGSM(defense_model), adversarial_fraction=0.5, lam=0.3, seed=4)
-    loss, stats = method.loss(defense_model, tf.constant(x), tf.constant(y), tf.constant(3, tf.int64))
+    loss, stats = method.loss(
+        defense_model, tf.constant(x), tf.constant(y), tf.constant(3, tf.int64)
+    )
     k, eps, seeds = method.batch_parts(tf.constant(x), tf.constant(3, tf.int64))
     k = int(k)
     assert k == 4
@@ -89,8 +96,11 @@ def test_examples_come_from_the_current_weights(defense_model, data):
     after = examples(tf.constant(x), tf.constant(y)).numpy()  # same compiled function
     assert np.abs(after - before).max() > 0
     k, eps, seeds = method.batch_parts(tf.constant(x), step)
-    fresh = StepLL(defense_model).generate(tf.constant(x[:int(k)]), tf.constant(y[:int(k)]), eps,
-                                           seeds).numpy()
+    fresh = (
+        StepLL(defense_model)
+        .generate(tf.constant(x[: int(k)]), tf.constant(y[: int(k)]), eps, seeds)
+        .numpy()
+    )
     np.testing.assert_allclose(after, fresh, atol=1e-6)
 
 
@@ -118,8 +128,9 @@ def test_trainer_learns_keeps_the_best_and_is_reproducible(tmp_path, data):
         forward = tf.function(lambda a: model(a, training=False))
         evaluate = lambda: {"val_acc": float(np.mean(forward(x).numpy().argmax(1) == y))}  # noqa: E731
         cfg = TrainConfig(learning_rate=0.05, epochs=15, batch_size=4, patience=3, seed=0)
-        history = Trainer(model, CleanLoss(), cfg, evaluate=evaluate, save=save,
-                          log=lambda m: None).fit((x * 255).astype(np.uint8), y)
+        history = Trainer(
+            model, CleanLoss(), cfg, evaluate=evaluate, save=save, log=lambda m: None
+        ).fit((x * 255).astype(np.uint8), y)
         return history, saved
 
     h1, saved = run(tmp_path / "a.keras")
@@ -133,18 +144,24 @@ def test_trainer_learns_keeps_the_best_and_is_reproducible(tmp_path, data):
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
 
 
-def test_saved_model_loads_with_plain_keras_and_gives_the_same_logits(tmp_path, defense_model, data):
+def test_saved_model_loads_with_plain_keras_and_gives_the_same_logits(
+    tmp_path, defense_model, data
+):
     x, _ = data
     save_model(defense_model, tmp_path / "m.keras", {"classes": [0, 482, 574]})
     code = textwrap.dedent(f"""
         import numpy as np, keras, advpipe
-        m = keras.models.load_model({str(tmp_path / 'm.keras')!r})
-        x = np.load({str(tmp_path / 'x.npy')!r})
-        np.save({str(tmp_path / 'out.npy')!r}, np.asarray(m(x)))
+        m = keras.models.load_model({str(tmp_path / "m.keras")!r})
+        x = np.load({str(tmp_path / "x.npy")!r})
+        np.save({str(tmp_path / "out.npy")!r}, np.asarray(m(x)))
     """)
     np.save(tmp_path / "x.npy", x)
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), defense_model(x).numpy(), atol=1e-5)
     assert json.loads((tmp_path / "m.json").read_text())["classes"] == [0, 482, 574]
 
@@ -161,14 +178,19 @@ def test_saving_the_same_weights_twice_gives_the_same_file(tmp_path, defense_mod
         code = textwrap.dedent(f"""
             from advpipe.defenses.model import build_defense_model, save_model
             model = build_defense_model("tiny", 3, hidden_units=[8], image_size=32, seed=2)
-            save_model(model, {str(tmp_path / f'{name}.keras')!r})
+            save_model(model, {str(tmp_path / f"{name}.keras")!r})
         """)
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        subprocess.run(
+            [sys.executable, "-c", code],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
     assert (tmp_path / "c.keras").read_bytes() == (tmp_path / "d.keras").read_bytes()
     x, _ = data
-    np.testing.assert_array_equal(load_model(tmp_path / "b.keras")(x).numpy(),
-                                  defense_model(x).numpy())
+    np.testing.assert_array_equal(
+        load_model(tmp_path / "b.keras")(x).numpy(), defense_model(x).numpy()
+    )
 
 
 def test_trainable_blocks_unfreeze_the_top_of_the_trunk_but_not_batch_norm():
@@ -181,8 +203,12 @@ def test_trainable_blocks_unfreeze_the_top_of_the_trunk_but_not_batch_norm():
     names = set_trainable_blocks(trunk, 2)
     assert names == ["blocks_15", "top"]
     trainable = {w.path.split("/")[0] for w in trunk.trainable_weights}
-    assert trainable == {"blocks_15_expand_conv", "blocks_15_depthwise_conv",
-                         "blocks_15_project_conv", "conv_head"}
+    assert trainable == {
+        "blocks_15_expand_conv",
+        "blocks_15_depthwise_conv",
+        "blocks_15_project_conv",
+        "conv_head",
+    }
     with pytest.raises(ValueError, match="trainable_blocks"):
         set_trainable_blocks(trunk, 19)
 
@@ -224,8 +250,12 @@ def test_one_training_step_under_mirrored_strategy_on_two_cpus(tmp_path):
         print("DIFF", diff)
         assert diff < 1e-5, diff
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "DIFF" in proc.stdout
 

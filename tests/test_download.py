@@ -160,14 +160,14 @@ def _make_handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
                 if route.trickle_headers:  # hold back what send_header buffered
                     head, self._headers_buffer = b"".join(self._headers_buffer) + b"\r\n", []
                     for i in range(len(head)):
-                        self.wfile.write(head[i:i + 1])
+                        self.wfile.write(head[i : i + 1])
                         self.wfile.flush()
                         time.sleep(route.trickle)
                 else:
                     self.end_headers()
                 if route.trickle:
                     for i in range(len(route.body)):
-                        self.wfile.write(route.body[i:i + 1])
+                        self.wfile.write(route.body[i : i + 1])
                         self.wfile.flush()
                         time.sleep(route.trickle)
                 else:
@@ -266,7 +266,9 @@ def test_csv_parser_with_and_without_header(tmp_path: Path) -> None:
     assert parsed.stats.bad == 2 and parsed.stats.blank == 1 and parsed.stats.header == 0
 
     path = tmp_path / "urls.csv"
-    path.write_text('class_index,url,wnid\n1,"http://b.example/q?a=1,2",n01443537\n0,http://a.example/2.jpg,\n')
+    path.write_text(
+        'class_index,url,wnid\n1,"http://b.example/q?a=1,2",n01443537\n0,http://a.example/2.jpg,\n'
+    )
     parsed = read_url_list(path, wnid_to_index=WNIDS)
     assert parsed.format == "csv" and parsed.stats.header == 1
     assert [(e.class_index, e.wnid, e.url, e.line_no) for e in parsed] == [
@@ -315,7 +317,7 @@ def test_select_groups_per_class_in_file_order() -> None:
         Image.fromarray(noise()).convert("CMYK"),
         Image.fromarray(noise(channels=4), "RGBA"),
         Image.fromarray(noise(channels=1)).convert("LA"),
-        Image.fromarray((noise(channels=1).astype(np.uint16) * 257)),  # I;16
+        Image.fromarray(noise(channels=1).astype(np.uint16) * 257),  # I;16
         Image.fromarray(noise(channels=1).astype(np.float32) / 255.0),  # F in [0, 1]
     ],
     ids=["L", "1", "CMYK", "RGBA", "LA", "I;16", "F"],
@@ -336,7 +338,9 @@ def test_to_rgb_scales_16_bit_and_composites_alpha_on_white() -> None:
     assert tuple(out[0, 3]) == (200, 0, 0)
 
 
-def test_validate_refuses_when_truncated_images_are_allowed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_validate_refuses_when_truncated_images_are_allowed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     with pytest.raises(RuntimeError, match="LOAD_TRUNCATED_IMAGES"):
         validate_image_bytes(jpeg())
@@ -381,27 +385,52 @@ def test_success_jpeg_and_png(server: ImageServer, tmp_path: Path) -> None:
 def test_rejections_have_machine_readable_reasons(server: ImageServer, tmp_path: Path) -> None:
     good = jpeg(seed=3)
     big = png(seed=4, size=(300, 300))
-    grey = np.clip(np.full((150, 200, 3), 128.0) + np.random.default_rng(5).normal(0, 1, (150, 200, 3)), 0, 255)
+    grey = np.clip(
+        np.full((150, 200, 3), 128.0) + np.random.default_rng(5).normal(0, 1, (150, 200, 3)), 0, 255
+    )
     uniform = encode(Image.fromarray(grey.astype(np.uint8)), "JPEG", quality=95)
     server.add("/photo_unavailable.png", Route(body=png(seed=6), content_type="image/png"))
     cases = {
         "/r/404.jpg": (Route(status=404, body=b"gone", content_type="text/html"), "http_404"),
         "/r/410.jpg": (Route(status=410, body=b"gone", content_type="text/html"), "http_410"),
-        "/r/html.jpg": (Route(body=b"<html>" + b"x" * 5000, content_type="text/html; charset=utf-8"), "content_type:text/html"),
+        "/r/html.jpg": (
+            Route(body=b"<html>" + b"x" * 5000, content_type="text/html; charset=utf-8"),
+            "content_type:text/html",
+        ),
         "/r/no_ctype.jpg": (Route(body=good, content_type=None), "content_type:missing"),
         "/r/truncated.jpg": (Route(body=good[: len(good) * 6 // 10]), "truncated"),
         "/r/garbage.jpg": (Route(body=bytes(range(256)) * 20), "decode_error:cannot_identify"),
         # Pillow could decode PPM, but only common web formats are allowed.
-        "/r/pixmap.ppm": (Route(body=encode(Image.fromarray(noise(seed=21)), "PPM"), content_type="image/x-portable-pixmap"),
-                          "decode_error:cannot_identify"),
-        "/r/tiny.png": (Route(body=png(seed=7, size=(8, 8)), content_type="image/png"), "too_small_bytes"),
-        "/r/thin.png": (Route(body=png(seed=8, size=(400, 40)), content_type="image/png"), "too_small_side"),
+        "/r/pixmap.ppm": (
+            Route(
+                body=encode(Image.fromarray(noise(seed=21)), "PPM"),
+                content_type="image/x-portable-pixmap",
+            ),
+            "decode_error:cannot_identify",
+        ),
+        "/r/tiny.png": (
+            Route(body=png(seed=7, size=(8, 8)), content_type="image/png"),
+            "too_small_bytes",
+        ),
+        "/r/thin.png": (
+            Route(body=png(seed=8, size=(400, 40)), content_type="image/png"),
+            "too_small_side",
+        ),
         "/r/big.png": (Route(body=big, content_type="image/png"), "too_many_pixels"),
-        "/r/bomb.png": (Route(body=forge_png_size(png(seed=9), 20000, 20000), content_type="image/png"), "too_many_pixels"),
-        "/r/flickr.jpg": (Route(status=302, location="/photo_unavailable.png", content_type=None), "placeholder_redirect"),
+        "/r/bomb.png": (
+            Route(body=forge_png_size(png(seed=9), 20000, 20000), content_type="image/png"),
+            "too_many_pixels",
+        ),
+        "/r/flickr.jpg": (
+            Route(status=302, location="/photo_unavailable.png", content_type=None),
+            "placeholder_redirect",
+        ),
         "/r/grey.jpg": (Route(body=uniform), "placeholder_uniform"),
         "/r/known.jpg": (Route(body=png(seed=10), content_type="image/png"), "placeholder_hash"),
-        "/r/loop.jpg": (Route(status=302, location="/r/loop.jpg", content_type=None), "too_many_redirects"),
+        "/r/loop.jpg": (
+            Route(status=302, location="/r/loop.jpg", content_type=None),
+            "too_many_redirects",
+        ),
     }
     urls = [server.add(path, route) for path, (route, _) in cases.items()]
     urls += ["ftp://127.0.0.1/x.jpg", "file:///etc/passwd"]
@@ -441,16 +470,29 @@ def test_timeout_is_transient_and_retried(server: ImageServer, tmp_path: Path) -
 
 
 def test_5xx_and_429_are_retried_then_succeed(server: ImageServer, tmp_path: Path) -> None:
-    flaky = server.add("/flaky.jpg", Route(status=503, body=b"busy", content_type="text/plain"),
-                       Route(status=500, body=b"oops", content_type="text/plain"), Route(body=jpeg(seed=11)))
-    limited = server.add("/limited.jpg", Route(status=429, body=b"slow down", content_type="text/plain"),
-                         Route(body=jpeg(seed=12)))
-    hopeless = server.add("/down.jpg", Route(status=502, body=b"bad gateway", content_type="text/plain"))
+    flaky = server.add(
+        "/flaky.jpg",
+        Route(status=503, body=b"busy", content_type="text/plain"),
+        Route(status=500, body=b"oops", content_type="text/plain"),
+        Route(body=jpeg(seed=11)),
+    )
+    limited = server.add(
+        "/limited.jpg",
+        Route(status=429, body=b"slow down", content_type="text/plain"),
+        Route(body=jpeg(seed=12)),
+    )
+    hopeless = server.add(
+        "/down.jpg", Route(status=502, body=b"bad gateway", content_type="text/plain")
+    )
     report = download_classes({0: entries_for(0, [flaky, limited, hopeless])}, 3, tmp_path, **FAST)
     rows = {r["url"]: r for r in read_manifest(tmp_path)}
     assert (rows[flaky]["status"], rows[flaky]["attempts"]) == ("accepted", "3")
     assert (rows[limited]["status"], rows[limited]["attempts"]) == ("accepted", "2")
-    assert (rows[hopeless]["status"], rows[hopeless]["reason"], rows[hopeless]["attempts"]) == ("error", "http_502", "3")
+    assert (rows[hopeless]["status"], rows[hopeless]["reason"], rows[hopeless]["attempts"]) == (
+        "error",
+        "http_502",
+        "3",
+    )
     assert server.hits == Counter({"/flaky.jpg": 3, "/limited.jpg": 2, "/down.jpg": 3})
     assert report.classes[0].accepted == 2 and report.classes[0].errors == 1
 
@@ -472,15 +514,27 @@ def test_modes_are_converted_to_rgb(server: ImageServer, tmp_path: Path) -> None
     rgba[:, 48:, 3] = 255  # right half opaque
     bodies = {
         "/m/gray.png": (encode(Image.fromarray(photo(seed=16, channels=1)), "PNG"), "image/png"),
-        "/m/cmyk.jpg": (encode(Image.fromarray(photo(seed=17)).convert("CMYK"), "JPEG", quality=90), "image/jpeg"),
+        "/m/cmyk.jpg": (
+            encode(Image.fromarray(photo(seed=17)).convert("CMYK"), "JPEG", quality=90),
+            "image/jpeg",
+        ),
         "/m/palette.png": (palette_bytes, "image/png"),
         "/m/rgba.png": (encode(Image.fromarray(rgba, "RGBA"), "PNG"), "image/png"),
-        "/m/la.png": (encode(Image.fromarray(photo(seed=18, channels=1)).convert("LA"), "PNG"), "image/png"),
-        "/m/gray16.png": (encode(Image.fromarray(photo(seed=19, channels=1).astype(np.uint16) * 257), "PNG"), "image/png"),
+        "/m/la.png": (
+            encode(Image.fromarray(photo(seed=18, channels=1)).convert("LA"), "PNG"),
+            "image/png",
+        ),
+        "/m/gray16.png": (
+            encode(Image.fromarray(photo(seed=19, channels=1).astype(np.uint16) * 257), "PNG"),
+            "image/png",
+        ),
         "/m/anim.gif": (encode(Image.fromarray(photo(seed=20)).convert("P"), "GIF"), "image/gif"),
     }
     assert Image.open(io.BytesIO(bodies["/m/gray16.png"][0])).mode.startswith("I")
-    urls = [server.add(path, Route(body=body, content_type=ctype)) for path, (body, ctype) in bodies.items()]
+    urls = [
+        server.add(path, Route(body=body, content_type=ctype))
+        for path, (body, ctype) in bodies.items()
+    ]
     report = download_classes({0: entries_for(0, urls)}, len(urls), tmp_path, **FAST)
     assert report.classes[0].accepted == len(urls), reasons_by_url(tmp_path)
     by_url = {image.url: tmp_path / image.file for image in report.classes[0].files}
@@ -509,7 +563,9 @@ def _mixed_class(server: ImageServer, prefix: str, n: int = 16) -> tuple[list[st
         if i % 4 == 0:
             urls.append(server.dead(path))
         elif i % 4 == 2 and i % 8 == 2:
-            urls.append(server.add(path, Route(body=b"<html>nope</html>" * 200, content_type="text/html")))
+            urls.append(
+                server.add(path, Route(body=b"<html>nope</html>" * 200, content_type="text/html"))
+            )
         else:
             delay = max(0.0, 0.15 - 0.01 * i)  # later URLs answer first
             urls.append(server.good(path, seed=100 + i, delay=delay))
@@ -521,7 +577,9 @@ def test_accepted_set_is_deterministic(server: ImageServer, tmp_path: Path) -> N
     urls, good = _mixed_class(server, "det")
     results = []
     for workers in (1, 3, 8):
-        report = download_classes({4: entries_for(4, urls)}, 5, tmp_path / f"w{workers}", workers=workers, timeout=2.0)
+        report = download_classes(
+            {4: entries_for(4, urls)}, 5, tmp_path / f"w{workers}", workers=workers, timeout=2.0
+        )
         results.append([image.url for image in report.classes[4].files])
     assert results[0] == results[1] == results[2] == good[:5]
 
@@ -537,7 +595,9 @@ def test_resume_after_interrupt(server: ImageServer, tmp_path: Path) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        download_classes(entries, 4, tmp_path, progress=interrupt_after_four, workers=4, timeout=2.0)
+        download_classes(
+            entries, 4, tmp_path, progress=interrupt_after_four, workers=4, timeout=2.0
+        )
     first_rows = read_manifest(tmp_path)
     assert len(first_rows) >= 4  # in-flight requests were recorded too
     assert not list(tmp_path.rglob("*.tmp"))
@@ -591,10 +651,19 @@ def _acceptance_server(server: ImageServer) -> tuple[dict[str, list[str]], dict[
     bad_kinds: list[Callable[[str], str]] = [
         server.dead,
         lambda p: server.add(p, Route(body=b"<html>" + b"." * 4000, content_type="text/html")),
-        lambda p: server.add(p, Route(body=_half(jpeg(seed=zlib.crc32(p.encode()) % 1000, size=(240, 180))))),
-        lambda p: server.add(p, Route(status=302, location="/photo_unavailable.png", content_type=None)),
-        lambda p: server.add(p, Route(body=encode(Image.new("RGB", (200, 150), (120, 120, 120)), "BMP"),
-                                      content_type="image/bmp")),
+        lambda p: server.add(
+            p, Route(body=_half(jpeg(seed=zlib.crc32(p.encode()) % 1000, size=(240, 180))))
+        ),
+        lambda p: server.add(
+            p, Route(status=302, location="/photo_unavailable.png", content_type=None)
+        ),
+        lambda p: server.add(
+            p,
+            Route(
+                body=encode(Image.new("RGB", (200, 150), (120, 120, 120)), "BMP"),
+                content_type="image/bmp",
+            ),
+        ),
         lambda p: server.add(p, Route(status=503, body=b"", content_type="text/plain")),
     ]
     urls: dict[str, list[str]] = {}
@@ -612,7 +681,9 @@ def _acceptance_server(server: ImageServer) -> tuple[dict[str, list[str]], dict[
 
 
 @pytest.mark.parametrize("fmt", ["fall11", "csv"])
-def test_acceptance_quota_filled_from_half_dead_list(server: ImageServer, tmp_path: Path, fmt: str) -> None:
+def test_acceptance_quota_filled_from_half_dead_list(
+    server: ImageServer, tmp_path: Path, fmt: str
+) -> None:
     urls, good = _acceptance_server(server)
     list_path = tmp_path / ("fall11_urls.txt" if fmt == "fall11" else "urls.csv")
     with open(list_path, "w", encoding="utf-8", newline="") as handle:
@@ -647,8 +718,12 @@ def test_acceptance_quota_filled_from_half_dead_list(server: ImageServer, tmp_pa
     assert metrics["totals"]["accepted"] == 12 and metrics["totals"]["classes_full"] == 3
     assert metrics["classes"]["0"]["full"] is True
     assert set(metrics["reasons"]) <= {
-        "http_404", "content_type:text/html", "truncated", "placeholder_redirect",
-        "placeholder_uniform", "http_503",
+        "http_404",
+        "content_type:text/html",
+        "truncated",
+        "placeholder_redirect",
+        "placeholder_uniform",
+        "http_503",
     }
 
 
@@ -676,15 +751,16 @@ def test_data_stage_with_url_source(server: ImageServer, tmp_path: Path, fmt: st
             for i, url in enumerate(class_urls):
                 handle.write(f"{url},{WNIDS[wnid]}\n" if fmt == "csv" else f"{wnid}_{i}\t{url}\n")
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"]["urls"].update(list="urls.txt", timeout=2.0, retries=1, backoff=0.01, workers=4,
-                                  min_bytes=512, min_side=32)
+    params["data"]["urls"].update(
+        list="urls.txt", timeout=2.0, retries=1, backoff=0.01, workers=4, min_bytes=512, min_side=32
+    )
     params["data"]["attack_set"] = {"source": "urls", "first": 2, "indices": None, "per_class": 3}
-    params["data"]["defense_set"].update(source="urls", first=None, indices=[0, 1, 2],
-                                         per_class=5)
+    params["data"]["defense_set"].update(source="urls", first=None, indices=[0, 1, 2], per_class=5)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    proc = subprocess.run([sys.executable, "stages/data.py"], cwd=work, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "stages/data.py"], cwd=work, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
 
     attack = pd.read_csv(work / "data/attack/manifest.csv")
@@ -693,7 +769,10 @@ def test_data_stage_with_url_source(server: ImageServer, tmp_path: Path, fmt: st
     defense = pd.read_csv(work / "data/defense/manifest.csv")
     assert defense["label"].value_counts().to_dict() == {0: 5, 1: 5, 2: 5}
     assert defense.groupby("label")["split"].value_counts().unstack().to_dict("list") == {
-        "test": [1, 1, 1], "train": [3, 3, 3], "val": [1, 1, 1]}
+        "test": [1, 1, 1],
+        "train": [3, 3, 3],
+        "val": [1, 1, 1],
+    }
     img = Image.open(work / "data/defense" / defense["file"][0])
     assert img.size == (224, 224) and img.mode == "RGB"
     metrics = json.loads((work / "metrics/data.json").read_text())

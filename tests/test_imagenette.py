@@ -21,14 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import local_http_server
 import yaml
+from conftest import local_http_server
 from PIL import Image
 
 from advpipe.data import imagenette
 from advpipe.data.class_index import imagenet_classes
-from advpipe.data.imagenette import (IMAGENETTE_CLASSES, ImagenetteError, check_classes,
-                                     load_imagenette, prepare)
+from advpipe.data.imagenette import (
+    IMAGENETTE_CLASSES,
+    ImagenetteError,
+    check_classes,
+    load_imagenette,
+    prepare,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "imagenette"
@@ -39,16 +44,22 @@ WNIDS = imagenet_classes().wnids
 # --------------------------------------------------------------------------- archive
 def _jpeg(seed: int, size=(96, 80)) -> bytes:
     from test_download import photo  # photo-like: white noise is rejected as noise
+
     buffer = io.BytesIO()
-    Image.fromarray(photo(size[1], size[0], seed=seed)).save(
-        buffer, format="JPEG", quality=90)
+    Image.fromarray(photo(size[1], size[0], seed=seed)).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
 
 
 #: (split, class index, file name) of the generated archive; names are out of order
 #: on purpose (the reader sorts them).
-LAYOUT = [("train", 0, "b.JPEG"), ("train", 0, "a.JPEG"), ("val", 0, "c.JPEG"),
-          ("train", 217, "x.JPEG"), ("val", 217, "y.JPEG"), ("val", 217, "a.JPEG")]
+LAYOUT = [
+    ("train", 0, "b.JPEG"),
+    ("train", 0, "a.JPEG"),
+    ("val", 0, "c.JPEG"),
+    ("train", 217, "x.JPEG"),
+    ("val", 217, "y.JPEG"),
+    ("val", 217, "a.JPEG"),
+]
 
 
 def make_tgz(top: str = ARCHIVE) -> bytes:
@@ -67,8 +78,9 @@ def expected_order() -> list[str]:
     out = []
     for label in (0, 217):
         for split in ("train", "val"):
-            out += sorted(f"{split}/{WNIDS[label]}/{n}" for s, c, n in LAYOUT
-                          if s == split and c == label)
+            out += sorted(
+                f"{split}/{WNIDS[label]}/{n}" for s, c, n in LAYOUT if s == split and c == label
+            )
     return out
 
 
@@ -77,7 +89,7 @@ def expected_order() -> list[str]:
 class ArchiveServer:
     body: bytes = b""
     base: str = ""
-    cut_first: int | None = None     # first answer: send this many bytes, then hang up
+    cut_first: int | None = None  # first answer: send this many bytes, then hang up
     requests: list[str | None] = field(default_factory=list)  # the Range header of each
     served: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -117,7 +129,7 @@ def _handler(state: ArchiveServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Connection", "close")
             self.end_headers()
             if first and state.cut_first is not None:
-                chunk = chunk[:state.cut_first]
+                chunk = chunk[: state.cut_first]
             try:
                 self.wfile.write(chunk)
                 self.wfile.flush()
@@ -142,8 +154,14 @@ def server() -> Iterator[ArchiveServer]:
 
 
 def settings(cache: Path, **kw) -> dict:
-    return {"archive": ARCHIVE, "url": None, "sha256": None, "path": None,
-            "cache_dir": str(cache), **kw}
+    return {
+        "archive": ARCHIVE,
+        "url": None,
+        "sha256": None,
+        "path": None,
+        "cache_dir": str(cache),
+        **kw,
+    }
 
 
 def leftovers(cache: Path) -> list[str]:
@@ -155,7 +173,8 @@ def test_good_archive_downloaded_once_and_read_in_order(server, tmp_path):
     cache = tmp_path / "cache"
     messages: list[str] = []
     images, manifest, report = load_imagenette(
-        settings(cache, url=server.url), [0, 217], per_class=3, size=32, progress=messages.append)
+        settings(cache, url=server.url), [0, 217], per_class=3, size=32, progress=messages.append
+    )
     assert images.shape == (6, 32, 32, 3) and images.dtype == np.uint8
     assert list(manifest["label"]) == [0, 0, 0, 217, 217, 217]
     root = cache / ARCHIVE
@@ -167,8 +186,9 @@ def test_good_archive_downloaded_once_and_read_in_order(server, tmp_path):
     assert leftovers(cache) == [ARCHIVE, f"{ARCHIVE}.tgz"]
     assert server.requests == [None] and server.served == len(server.body)
     # a second run re-uses the extracted copy: no request at all
-    _, again, report2 = load_imagenette(settings(cache, url=server.url), [217], per_class=2,
-                                        size=32)
+    _, again, report2 = load_imagenette(
+        settings(cache, url=server.url), [217], per_class=2, size=32
+    )
     assert len(server.requests) == 1 and report2["imagenette"]["reused"] is True
     assert list(again["source"]) == list(manifest["source"][3:5])
     # the right checksum, given explicitly, is accepted (and the copy re-used)
@@ -251,15 +271,18 @@ def test_local_tgz_and_folders(server, tmp_path):
     tgz = tmp_path / "copy.tgz"
     tgz.write_bytes(server.body)
     cache = tmp_path / "cache"
-    images, manifest, report = load_imagenette(settings(cache, path=str(tgz)), [0], per_class=3,
-                                               size=32)
+    images, manifest, report = load_imagenette(
+        settings(cache, path=str(tgz)), [0], per_class=3, size=32
+    )
     assert images.shape == (3, 32, 32, 3) and server.requests == []
     assert report["imagenette"]["path"] == str(tgz.resolve()) and tgz.is_file()
     # the extracted folder itself, as a local path
-    _, from_dir, _ = load_imagenette(settings(tmp_path / "c2", path=str(cache)), [0, 217],
-                                     per_class=3, size=32)
-    assert [Path(s).relative_to(cache / ARCHIVE).as_posix() for s in from_dir["source"]] == \
-        expected_order()
+    _, from_dir, _ = load_imagenette(
+        settings(tmp_path / "c2", path=str(cache)), [0, 217], per_class=3, size=32
+    )
+    assert [
+        Path(s).relative_to(cache / ARCHIVE).as_posix() for s in from_dir["source"]
+    ] == expected_order()
     assert not (tmp_path / "c2").exists()  # a folder is read in place
     # a folder in the ImageNet `folder` layout (wnid sub-folders, no train/val)
     flat = tmp_path / "flat"
@@ -302,10 +325,20 @@ def _stage_repo(tmp_path: Path, data: dict) -> Path:
 
 
 def _run_stage(work: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "NO_PROXY": "127.0.0.1,localhost",
-           "no_proxy": "127.0.0.1,localhost"}
-    return subprocess.run([sys.executable, "stages/data.py"], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
+    return subprocess.run(
+        [sys.executable, "stages/data.py"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_stage_each_set_from_its_own_source(server, tmp_path):
@@ -313,11 +346,18 @@ def test_stage_each_set_from_its_own_source(server, tmp_path):
 
     import pandas as pd
 
-    work = _stage_repo(tmp_path, {
-        "attack_set.source": "imagenette", "attack_set.first": None,
-        "attack_set.indices": [0, 217], "attack_set.per_class": 2,
-        "defense_set.source": "samples",
-        "imagenette.url": server.url, "imagenette.cache_dir": "cache"})
+    work = _stage_repo(
+        tmp_path,
+        {
+            "attack_set.source": "imagenette",
+            "attack_set.first": None,
+            "attack_set.indices": [0, 217],
+            "attack_set.per_class": 2,
+            "defense_set.source": "samples",
+            "imagenette.url": server.url,
+            "imagenette.cache_dir": "cache",
+        },
+    )
     proc = _run_stage(work)
     assert proc.returncode == 0, proc.stderr
     attack = pd.read_csv(work / "data/attack/manifest.csv")
@@ -333,14 +373,16 @@ def test_stage_each_set_from_its_own_source(server, tmp_path):
 
 
 def test_stage_one_line_error_for_a_class_imagenette_lacks(tmp_path):
-    work = _stage_repo(tmp_path, {"defense_set.source": "imagenette",
-                                  "defense_set.indices": [0, 96, 482]})
+    work = _stage_repo(
+        tmp_path, {"defense_set.source": "imagenette", "defense_set.indices": [0, 96, 482]}
+    )
     proc = _run_stage(work)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     # one error line, last; before it only the model-weights check (no data work started)
     assert lines[-1].startswith(
-        "error: data.defense_set: class 96 (toucan) is not in Imagenette; its classes are 0 (tench)")
+        "error: data.defense_set: class 96 (toucan) is not in Imagenette; its classes are 0 (tench)"
+    )
     assert all(line.startswith("data: model ") for line in lines[:-1]), lines
     assert "Traceback" not in proc.stderr
     assert not (work / "data").exists()
@@ -351,12 +393,20 @@ def test_stage_reads_the_shared_imagenette_folder(tmp_path):
         pytest.skip(f"{SHARED} not present")
     import pandas as pd
 
-    work = _stage_repo(tmp_path, {
-        "attack_set.source": "imagenette", "attack_set.first": None,
-        "attack_set.indices": [217, 701], "attack_set.per_class": 2,
-        "imagenette.path": str(SHARED),
-        "defense_set.source": "folder", "defense_set.indices": [0, 482, 574],
-        "defense_set.per_class": 5, "folder.path": str(SHARED)})
+    work = _stage_repo(
+        tmp_path,
+        {
+            "attack_set.source": "imagenette",
+            "attack_set.first": None,
+            "attack_set.indices": [217, 701],
+            "attack_set.per_class": 2,
+            "imagenette.path": str(SHARED),
+            "defense_set.source": "folder",
+            "defense_set.indices": [0, 482, 574],
+            "defense_set.per_class": 5,
+            "folder.path": str(SHARED),
+        },
+    )
     proc = _run_stage(work)
     assert proc.returncode == 0, proc.stderr
     attack = pd.read_csv(work / "data/attack/manifest.csv")
@@ -374,19 +424,35 @@ def test_stage_one_line_error_for_an_unreadable_folder_class(tmp_path):
     for label in (1, 2):
         (folder / WNIDS[label]).mkdir(parents=True)
         (folder / WNIDS[label] / "0.JPEG").write_bytes(_jpeg(label) if label == 1 else b"junk")
-    work = _stage_repo(tmp_path, {"attack_set.source": "folder", "attack_set.first": None,
-                                  "attack_set.indices": [1, 2], "attack_set.per_class": 1,
-                                  "folder.path": str(folder)})
+    work = _stage_repo(
+        tmp_path,
+        {
+            "attack_set.source": "folder",
+            "attack_set.first": None,
+            "attack_set.indices": [1, 2],
+            "attack_set.per_class": 1,
+            "folder.path": str(folder),
+        },
+    )
     proc = _run_stage(work)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: data.folder.path: class 2 ({WNIDS[2]}, great white shark) "
-                           "has no usable image (1 files; decode_error: 1)")
+    assert last.startswith(
+        f"error: data.folder.path: class 2 ({WNIDS[2]}, great white shark) "
+        "has no usable image (1 files; decode_error: 1)"
+    )
     # with skip_unreadable_classes the stage goes on without class 2
-    work = _stage_repo(tmp_path / "b", {"attack_set.source": "folder", "attack_set.first": None,
-                                        "attack_set.indices": [1, 2], "attack_set.per_class": 1,
-                                        "folder.path": str(folder),
-                                        "folder.skip_unreadable_classes": True})
+    work = _stage_repo(
+        tmp_path / "b",
+        {
+            "attack_set.source": "folder",
+            "attack_set.first": None,
+            "attack_set.indices": [1, 2],
+            "attack_set.per_class": 1,
+            "folder.path": str(folder),
+            "folder.skip_unreadable_classes": True,
+        },
+    )
     proc = _run_stage(work)
     assert proc.returncode == 0, proc.stderr
     assert "class 2" in proc.stderr and "skipped" in proc.stderr

@@ -39,24 +39,31 @@ def _violations(rules: dict[str, tuple[str, ...]]) -> list[str]:
         mod = _module(path)
         for prefix, forbidden in rules.items():
             if mod == prefix or mod.startswith(prefix + "."):
-                out += [f"{mod} imports {imp}" for imp in sorted(_imports(path))
-                        if any(imp == f or imp.startswith(f + ".") for f in forbidden)]
+                out += [
+                    f"{mod} imports {imp}"
+                    for imp in sorted(_imports(path))
+                    if any(imp == f or imp.startswith(f + ".") for f in forbidden)
+                ]
     return out
 
 
 def test_nothing_in_the_library_imports_config_or_stages():
-    bad = [v for v in _violations({"advpipe": ("advpipe.config", "common", "wiring",
-                                               "stages")})
-           if not v.startswith("advpipe.config imports")]
+    bad = [
+        v
+        for v in _violations({"advpipe": ("advpipe.config", "common", "wiring", "stages")})
+        if not v.startswith("advpipe.config imports")
+    ]
     assert not bad, bad
 
 
 def test_lower_layers_do_not_import_higher_ones():
-    bad = _violations({
-        "advpipe.data": ("advpipe.attacks", "advpipe.defenses"),
-        "advpipe.models": ("advpipe.attacks", "advpipe.defenses"),
-        "advpipe.attacks": ("advpipe.defenses",),
-    })
+    bad = _violations(
+        {
+            "advpipe.data": ("advpipe.attacks", "advpipe.defenses"),
+            "advpipe.models": ("advpipe.attacks", "advpipe.defenses"),
+            "advpipe.attacks": ("advpipe.defenses",),
+        }
+    )
     assert not bad, bad
 
 
@@ -67,8 +74,10 @@ def test_the_import_scan_sees_a_violation(tmp_path):
     try:
         assert _violations({"advpipe.attacks": ("advpipe.defenses",)}) == [
             "advpipe.attacks._layers_probe imports advpipe.defenses",
-            "advpipe.attacks._layers_probe imports advpipe.defenses.registry"]
+            "advpipe.attacks._layers_probe imports advpipe.defenses.registry",
+        ]
         assert "advpipe.attacks._layers_probe imports advpipe.config" in _violations(
-            {"advpipe": ("advpipe.config",)})
+            {"advpipe": ("advpipe.config",)}
+        )
     finally:
         fake.unlink()

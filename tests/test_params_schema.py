@@ -16,17 +16,22 @@ _ABSENT = object()
 def test_params_yaml_ships_the_schema_defaults():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     validate(params)
-    differ = {key: (get(params, key), rule.default) for key, rule in SCHEMA.items()
-              if get(params, key, _ABSENT) is not _ABSENT and get(params, key) != rule.default}
+    differ = {
+        key: (get(params, key), rule.default)
+        for key, rule in SCHEMA.items()
+        if get(params, key, _ABSENT) is not _ABSENT and get(params, key) != rule.default
+    }
     assert not differ, f"params.yaml value != schema default (params, schema): {differ}"
-    missing = [k for k, rule in SCHEMA.items() if rule.required and get(params, k, _ABSENT)
-               is _ABSENT]
+    missing = [
+        k for k, rule in SCHEMA.items() if rule.required and get(params, k, _ABSENT) is _ABSENT
+    ]
     assert not missing
 
 
 def test_every_schema_key_is_documented():
     assert all(rule.doc and rule.kind for rule in SCHEMA.values()), [
-        k for k, r in SCHEMA.items() if not (r.doc and r.kind)]
+        k for k, r in SCHEMA.items() if not (r.doc and r.kind)
+    ]
 
 
 def test_schema_defaults_are_valid_values():
@@ -36,8 +41,9 @@ def test_schema_defaults_are_valid_values():
 
 def test_parameter_page_is_generated_from_the_schema():
     """docs/parameters.md equals what tools/params_doc.py writes (run it after a schema edit)."""
-    proc = subprocess.run([sys.executable, "tools/params_doc.py", "--check"], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "tools/params_doc.py", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import copy_repository
 
 from advpipe.attacks.registry import ATTACKS as REGISTERED_ATTACKS
-from conftest import copy_repository
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,12 +32,18 @@ def _run(args, cwd, env):
 def repo(tmp_path_factory):
     dest = tmp_path_factory.mktemp("repo")
     copy_repository(dest)  # tracked + untracked files, no generated outputs, a git repository
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               DVC_NO_ANALYTICS="1")
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        DVC_NO_ANALYTICS="1",
+    )
     _run(["dvc", "repro"], dest, env)
     _run(["git", "add", "-A"], dest, env)
-    _run(["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "run"],
-         dest, env)
+    _run(
+        ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "run"],
+        dest,
+        env,
+    )
     return dest, env
 
 
@@ -115,8 +121,9 @@ def test_plots_and_figure(repo):
         values = shown[plot][0]["content"]["data"]["values"]
         assert {v["filename"] for v in values} == {f"{a}.csv" for a in ATTACKS}
         for a in ATTACKS:  # one line per attack: the clean point and every eps of its grid
-            assert len([v for v in values if v["attack"] == a]) == \
-                1 + len(params["attacks"][a]["epsilons"])
+            assert len([v for v in values if v["attack"] == a]) == 1 + len(
+                params["attacks"][a]["epsilons"]
+            )
 
 
 def test_forced_rerun_leaves_metrics_diff_empty(repo):

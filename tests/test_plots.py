@@ -18,13 +18,15 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / ".dvc" / "plots" / "offline.html"
 ATTACKS = ["fgsm", "fgm", "rfgsm", "step_ll"]
-INLINED = re.compile(r'<script type="text/javascript" data-inlined="([^"]+)">\n(.*?)\n</script>',
-                     re.S)
+INLINED = re.compile(
+    r'<script type="text/javascript" data-inlined="([^"]+)">\n(.*?)\n</script>', re.S
+)
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("offline_plots_html",
-                                                  ROOT / "tools" / "offline_plots_html.py")
+    spec = importlib.util.spec_from_file_location(
+        "offline_plots_html", ROOT / "tools" / "offline_plots_html.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -68,20 +70,37 @@ def rendered(tmp_path_factory):
         (d / "plots" / "attacks" / f"{a}.csv").write_text("\n".join(rows) + "\n")
     for name in ["top1_vs_eps", "top5_vs_eps", "examples"]:
         Image.new("RGB", (4, 4)).save(d / "plots" / "attacks" / f"{name}.png")
-    env = dict(os.environ, DVC_NO_ANALYTICS="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        DVC_NO_ANALYTICS="1",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
     subprocess.run(["git", "init", "-q"], cwd=d, check=True)
-    proc = subprocess.run(["dvc", "plots", "show"], cwd=d, env=env, capture_output=True,
-                          text=True)
+    proc = subprocess.run(["dvc", "plots", "show"], cwd=d, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    as_json = subprocess.run(["dvc", "plots", "show", "--json"], cwd=d, env=env,
-                             capture_output=True, text=True, check=True).stdout
-    return d, (d / "dvc_plots" / "index.html").read_text(encoding="utf-8"), json.loads(as_json), grids
+    as_json = subprocess.run(
+        ["dvc", "plots", "show", "--json"],
+        cwd=d,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return (
+        d,
+        (d / "dvc_plots" / "index.html").read_text(encoding="utf-8"),
+        json.loads(as_json),
+        grids,
+    )
 
 
 def _specs(html: str) -> dict:
-    found = re.findall(r'<div id = "([^"]+)">\s*<script type = "text/javascript">\s*'
-                       r"var spec = (\{.*?\});\s*vegaEmbed", html, re.S)
+    found = re.findall(
+        r'<div id = "([^"]+)">\s*<script type = "text/javascript">\s*'
+        r"var spec = (\{.*?\});\s*vegaEmbed",
+        html,
+        re.S,
+    )
     return {name: json.loads(spec) for name, spec in found}
 
 
@@ -128,8 +147,9 @@ view.runAsync().then(() => view.toSVG()).then(svg => console.log(JSON.stringify(
   x: view.scale('x').type, domain: view.scale('x').domain(),
   colors: view.scale('color').domain(), marks: (svg.match(/<path/g) || []).length})));
 """)
-    proc = subprocess.run(["node", "render.js"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        ["node", "render.js"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     lowest = min(min(g) for g in grids.values())

@@ -10,9 +10,15 @@ from advpipe import reporting
 def _figure(tmp_path, originals, adversarials, epsilons, name="fig.png"):
     n = len(originals)
     return reporting.adversarial_figure(
-        originals, adversarials, epsilons, [f"clean {i}" for i in range(n)],
-        [[f"adv {i}" for i in range(n)] for _ in epsilons], tmp_path / name, "fgsm",
-        title="fgsm on tiny: 2 of 20 images")
+        originals,
+        adversarials,
+        epsilons,
+        [f"clean {i}" for i in range(n)],
+        [[f"adv {i}" for i in range(n)] for _ in epsilons],
+        tmp_path / name,
+        "fgsm",
+        title="fgsm on tiny: 2 of 20 images",
+    )
 
 
 def _solid(n, rgb):
@@ -30,7 +36,9 @@ def test_each_original_once_then_one_row_per_eps(tmp_path, n, n_eps):
     path = _figure(tmp_path, _solid(n, red), [_solid(n, blue)] * n_eps, eps)
     img = np.asarray(Image.open(path).convert("RGB"))
     # size follows the grid: 2 columns per image, 1 + len(eps) rows
-    assert img.shape[1] == round(3.6 * n * 80) and img.shape[0] == round((2.0 * (1 + n_eps) + 0.4) * 80)
+    assert img.shape[1] == round(3.6 * n * 80) and img.shape[0] == round(
+        (2.0 * (1 + n_eps) + 0.4) * 80
+    )
     reds, blues = _count(img, (255, 0, 0)), _count(img, (0, 0, 255))
     assert reds > 0 and blues > 0
     # every panel has the same size: n originals, n * n_eps adversarials
@@ -46,8 +54,9 @@ def test_each_original_once_then_one_row_per_eps(tmp_path, n, n_eps):
 def test_default_sized_figure_stays_under_1_mb(tmp_path):
     rng = np.random.default_rng(0)
     originals = rng.uniform(0, 1, (2, 224, 224, 3)).astype(np.float32)  # noise: worst case
-    adversarials = [np.clip(originals + rng.choice([-e, e], originals.shape), 0, 1)
-                    for e in (0.001, 0.01, 0.05)]
+    adversarials = [
+        np.clip(originals + rng.choice([-e, e], originals.shape), 0, 1) for e in (0.001, 0.01, 0.05)
+    ]
     path = _figure(tmp_path, originals, adversarials, [0.001, 0.01, 0.05])
     assert path.stat().st_size < 1_000_000
 
@@ -95,8 +104,11 @@ def test_temporary_names_are_ignored_by_git():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    for rel in ["plots/attacks/examples.png.tmp", "metrics/x.json.tmp",
-                "plots/attacks/examples.tmp.png"]:
+    for rel in [
+        "plots/attacks/examples.png.tmp",
+        "metrics/x.json.tmp",
+        "plots/attacks/examples.tmp.png",
+    ]:
         proc = subprocess.run(["git", "check-ignore", "-q", rel], cwd=root)
         assert proc.returncode == 0, f"{rel} is not ignored by git"
 
@@ -104,8 +116,15 @@ def test_temporary_names_are_ignored_by_git():
 def test_accuracy_plot_is_log_scale_with_clean_line(tmp_path):
     import pandas as pd
 
-    curves = {"a": pd.DataFrame({"eps": [0.0, 0.001, 0.01, 0.1], "top1": [0.9, 0.5, 0.3, 0.1],
-                                 "top5": [1.0, 0.8, 0.6, 0.4]})}
+    curves = {
+        "a": pd.DataFrame(
+            {
+                "eps": [0.0, 0.001, 0.01, 0.1],
+                "top1": [0.9, 0.5, 0.3, 0.1],
+                "top5": [1.0, 0.8, 0.6, 0.4],
+            }
+        )
+    }
     path = reporting.plot_accuracy_vs_eps(curves, "top1", tmp_path / "p.png", "t")
     img = np.asarray(Image.open(path).convert("RGB"))
     assert img.shape == (round(4.2 * 120), round(6.4 * 120), 3)

@@ -28,20 +28,21 @@ IMAGENETTE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "i
 
 #: Genuine photos the earlier thresholds rejected (reason then).
 FORMER_FALSE_POSITIVES = {
-    "n02979186/n02979186_15467.JPEG": "noise",             # hi-fi on a shelf, white frame
-    "n02979186/n02979186_18456.JPEG": "noise",             # a wall of car radios
+    "n02979186/n02979186_15467.JPEG": "noise",  # hi-fi on a shelf, white frame
+    "n02979186/n02979186_18456.JPEG": "noise",  # a wall of car radios
     "n02979186/n02979186_16933.JPEG": "placeholder_text",  # cassette deck panel with labels
     "n03445777/n03445777_11789.JPEG": "placeholder_text",  # golf ball on grey ground
-    "n03445777/n03445777_127.JPEG": "placeholder_text",    # golf ball on a lawn
+    "n03445777/n03445777_127.JPEG": "placeholder_text",  # golf ball on a lawn
     "n03445777/n03445777_17703.JPEG": "placeholder_text",  # red ball on a blue carpet
-    "n01440764/n01440764_2853.JPEG": "placeholder_text",   # man holding a fish at night
-    "n01440764/n01440764_3129.JPEG": "noise",              # fish underwater
-    "n02102040/n02102040_1187.JPEG": "noise",              # dog in a car, white frame
-    "n03888257/ILSVRC2012_val_00026575.JPEG": "noise",     # parachute, framed blue sky
+    "n01440764/n01440764_2853.JPEG": "placeholder_text",  # man holding a fish at night
+    "n01440764/n01440764_3129.JPEG": "noise",  # fish underwater
+    "n02102040/n02102040_1187.JPEG": "noise",  # dog in a car, white frame
+    "n03888257/ILSVRC2012_val_00026575.JPEG": "noise",  # parachute, framed blue sky
 }
 
-needs_imagenette = pytest.mark.skipif(not IMAGENETTE.is_dir(),
-                                      reason=f"{IMAGENETTE} absent (shared Imagenette copy)")
+needs_imagenette = pytest.mark.skipif(
+    not IMAGENETTE.is_dir(), reason=f"{IMAGENETTE} absent (shared Imagenette copy)"
+)
 
 
 def rejection(path: Path) -> str | None:
@@ -96,9 +97,10 @@ def _reason(image: Image.Image, fmt: str, **options: object) -> str:
 def test_small_and_low_quality_placeholders_and_noise_stay_rejected() -> None:
     """The narrower background tolerance still sees a placeholder's (JPEG-noisy) flat colour."""
     for size, font_size, background, ink, quality in (
-            ((240, 180), 13, (235, 235, 235), (90, 90, 90), 50),   # small, low quality
-            ((240, 180), 13, (30, 30, 30), (200, 200, 200), 75),   # dark
-            ((500, 375), 26, (240, 240, 240), (0, 0, 0), 60)):
+        ((240, 180), 13, (235, 235, 235), (90, 90, 90), 50),  # small, low quality
+        ((240, 180), 13, (30, 30, 30), (200, 200, 200), 75),  # dark
+        ((500, 375), 26, (240, 240, 240), (0, 0, 0), 60),
+    ):
         image = Image.new("RGB", size, background)
         draw = ImageDraw.Draw(image)
         font = ImageFont.load_default(size=font_size)

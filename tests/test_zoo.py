@@ -59,6 +59,7 @@ def test_unknown_model():
 
 # --- the cheap availability check (no Keras model built) ---------------------------------
 
+
 def _hdf5(path):
     import h5py
 
@@ -127,5 +128,7 @@ def test_weight_urls_are_the_ones_keras_uses():
 
     from advpipe.models.availability import KERAS_WEIGHT_FILES, KERAS_WEIGHT_URLS
 
-    assert KERAS_WEIGHT_URLS["resnet50"] == resnet.BASE_WEIGHTS_PATH + KERAS_WEIGHT_FILES["resnet50"]
+    assert (
+        KERAS_WEIGHT_URLS["resnet50"] == resnet.BASE_WEIGHTS_PATH + KERAS_WEIGHT_FILES["resnet50"]
+    )
     assert KERAS_WEIGHT_URLS["vgg16"] == vgg16.WEIGHTS_PATH

@@ -28,12 +28,18 @@ from pathlib import Path
 PACKAGE = "altair-viewer==0.4.0"
 WHEEL_SHA256 = "5da49c52ad9fc56b823cc479b8e5332324d1544b3f7ae4939c25a8585eae5245"
 SCRIPTS = {  # name in the page -> (path in the wheel, SHA-256), in load order
-    "vega@5.21.0": ("altair_viewer/scripts/vega-5.21.0.js",
-                    "3b12459f256a971ac4ec45064c5152ff799e393456a96eb7c3270fc4554c1688"),
-    "vega-lite@4.17.0": ("altair_viewer/scripts/vega-lite-4.17.0.js",
-                         "ae85e6718f5b505f75b81f55f9e4845071207f0a177ba075c680cfb887b9a2ef"),
-    "vega-embed@6.20.0": ("altair_viewer/scripts/vega-embed-6.20.0.js",
-                          "1b3ab26d0a974c86884715c3a1e3bd2d5e3463d7c7e55816142082369d829571"),
+    "vega@5.21.0": (
+        "altair_viewer/scripts/vega-5.21.0.js",
+        "3b12459f256a971ac4ec45064c5152ff799e393456a96eb7c3270fc4554c1688",
+    ),
+    "vega-lite@4.17.0": (
+        "altair_viewer/scripts/vega-lite-4.17.0.js",
+        "ae85e6718f5b505f75b81f55f9e4845071207f0a177ba075c680cfb887b9a2ef",
+    ),
+    "vega-embed@6.20.0": (
+        "altair_viewer/scripts/vega-embed-6.20.0.js",
+        "1b3ab26d0a974c86884715c3a1e3bd2d5e3463d7c7e55816142082369d829571",
+    ),
 }
 OUTPUT = Path(__file__).resolve().parents[1] / ".dvc" / "plots" / "offline.html"
 
@@ -83,8 +89,7 @@ def build(wheel: Path) -> str:
             tags.append(script_tag(name, text))
     # str.format would trip over the braces of the scripts: fill by replacement
     page = PAGE.replace("{{", "{").replace("}}", "}")
-    return (page.replace("{package}", PACKAGE)
-                .replace("{inlined}", "\n".join(tags)))
+    return page.replace("{package}", PACKAGE).replace("{inlined}", "\n".join(tags))
 
 
 def main(argv: list[str]) -> None:

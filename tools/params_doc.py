@@ -34,7 +34,7 @@ def render() -> str:
         "Every hyperparameter of the pipeline is a key of `params.yaml`. Each stage validates "
         "the whole file at start-up, and the first stage, `check_params`, validates it before "
         "anything else runs: an unknown key, a missing key or a value out of range stops "
-        "`dvc repro` with one line naming the key (with a \"did you mean\" suggestion for a "
+        '`dvc repro` with one line naming the key (with a "did you mean" suggestion for a '
         "misspelling). The defaults below are the values `params.yaml` ships with (a test "
         "keeps the two equal); an *optional* key may be left out, and then its default "
         "applies. Change a value with `dvc exp run -S key=value` or by editing the file.",
@@ -42,8 +42,14 @@ def render() -> str:
     ]
     for group, doc in GROUPS.items():
         keys = [k for k in SCHEMA if k == group or k.startswith(group + ".")]
-        lines += [f"## `{group}`", "", doc, "", "| key | allowed | default | what it does |",
-                  "|---|---|---|---|"]
+        lines += [
+            f"## `{group}`",
+            "",
+            doc,
+            "",
+            "| key | allowed | default | what it does |",
+            "|---|---|---|---|",
+        ]
         for key in keys:
             rule = SCHEMA[key]
             doc_text = rule.doc.replace("|", "\\|") + ("" if rule.required else " *(optional)*")
@@ -62,8 +68,10 @@ def main() -> int:
     text = render()
     if args.check:
         if not PAGE.is_file() or PAGE.read_text() != text:
-            print(f"error: {PAGE.relative_to(ROOT)} is stale: run python tools/params_doc.py",
-                  file=sys.stderr)
+            print(
+                f"error: {PAGE.relative_to(ROOT)} is stale: run python tools/params_doc.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     PAGE.parent.mkdir(exist_ok=True)

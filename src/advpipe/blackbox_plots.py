@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -14,8 +14,14 @@ def _short(name: str) -> str:
     return name.replace("efficientnet_", "")
 
 
-def transfer_heatmap(matrix: np.ndarray, models: Sequence[str], clean: Sequence[float],
-                     path: str | Path, title: str, flagged: np.ndarray | None = None) -> Path:
+def transfer_heatmap(
+    matrix: np.ndarray,
+    models: Sequence[str],
+    clean: Sequence[float],
+    path: str | Path,
+    title: str,
+    flagged: np.ndarray | None = None,
+) -> Path:
     """Top-1 of each target (columns) on adversarials crafted on each source (rows).
 
     The diagonal is white-box; darker = lower accuracy = a stronger attack. Column labels
@@ -33,11 +39,19 @@ def transfer_heatmap(matrix: np.ndarray, models: Sequence[str], clean: Sequence[
         for j in range(n):
             v = matrix[i, j]
             mark = "!" if flagged is not None and flagged[i, j] else ""
-            ax.text(j, i, f"{v:.2f}{mark}", ha="center", va="center",
-                    color="white" if v < 0.5 else "black",
-                    fontweight="bold" if i == j else "normal", fontsize=10)
-    ax.set_xticks(range(n), [f"{_short(m)}\n(clean {c:.2f})" for m, c in zip(models, clean)],
-                  fontsize=8)
+            ax.text(
+                j,
+                i,
+                f"{v:.2f}{mark}",
+                ha="center",
+                va="center",
+                color="white" if v < 0.5 else "black",
+                fontweight="bold" if i == j else "normal",
+                fontsize=10,
+            )
+    ax.set_xticks(
+        range(n), [f"{_short(m)}\n(clean {c:.2f})" for m, c in zip(models, clean)], fontsize=8
+    )
     ax.set_yticks(range(n), [_short(m) for m in models], fontsize=8)
     ax.set_xlabel("target (evaluated on)")
     ax.set_ylabel("source (crafted on)")
@@ -46,8 +60,9 @@ def transfer_heatmap(matrix: np.ndarray, models: Sequence[str], clean: Sequence[
     return _save_figure(fig, path)
 
 
-def transfer_heatmaps(result, directory: str | Path, shown_eps: float,
-                     deepfool_overshoot: float | None = None) -> list[Path]:
+def transfer_heatmaps(
+    result, directory: str | Path, shown_eps: float, deepfool_overshoot: float | None = None
+) -> list[Path]:
     """One heatmap per attack of a :class:`~advpipe.attacks.transfer.TransferResult` at
     ``shown_eps`` (DeepFool: its own minimal perturbation) in ``directory``, emptied first."""
     import shutil
@@ -61,18 +76,34 @@ def transfer_heatmaps(result, directory: str | Path, shown_eps: float,
     paths = []
     for attack in result.attacks:
         e = DEEPFOOL_KEY if attack == DEEPFOOL_KEY else eps_key(shown_eps)
-        what = (f"DeepFool's own minimal perturbation (overshoot {deepfool_overshoot:g})"
-                if attack == DEEPFOOL_KEY else f"ε = {float(e) * 255:.3g}/255 = {e}")
-        paths.append(transfer_heatmap(result.matrix(attack, e), result.models, clean,
-                                      directory / f"{attack}.png",
-                                      f"Transfer top-1, {attack}, {what}",
-                                      flagged_cells(result, attack, e)))
+        what = (
+            f"DeepFool's own minimal perturbation (overshoot {deepfool_overshoot:g})"
+            if attack == DEEPFOOL_KEY
+            else f"ε = {float(e) * 255:.3g}/255 = {e}"
+        )
+        paths.append(
+            transfer_heatmap(
+                result.matrix(attack, e),
+                result.models,
+                clean,
+                directory / f"{attack}.png",
+                f"Transfer top-1, {attack}, {what}",
+                flagged_cells(result, attack, e),
+            )
+        )
     return paths
 
 
-def l2_vs_queries(budgets: Sequence[int], medians: Sequence[float], success: Sequence[float],
-                  whitebox_l2: float, path: str | Path, attack: str, model: str,
-                  threshold: float) -> Path:
+def l2_vs_queries(
+    budgets: Sequence[int],
+    medians: Sequence[float],
+    success: Sequence[float],
+    whitebox_l2: float,
+    path: str | Path,
+    attack: str,
+    model: str,
+    threshold: float,
+) -> Path:
     """Median ‖r‖₂ of the decision-based attack at each query budget, DeepFool's as a line.
 
     ``success``: the share of images with an adversarial within ``threshold`` (point labels).
@@ -86,18 +117,31 @@ def l2_vs_queries(budgets: Sequence[int], medians: Sequence[float], success: Seq
     ax.plot(budgets, medians, marker="o", label=f"{attack} (label only), median ‖r‖₂")
     for b, m, s in zip(budgets, medians, success):
         if np.isfinite(m):
-            ax.annotate(f"{s:.0%}", (b, m), textcoords="offset points", xytext=(0, 6),
-                        ha="center", fontsize=7)
+            ax.annotate(
+                f"{s:.0%}",
+                (b, m),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=7,
+            )
     if np.isfinite(whitebox_l2):
-        ax.axhline(whitebox_l2, color="C3", linestyle="--",
-                   label=f"DeepFool (white-box), median ‖r‖₂ = {whitebox_l2:.3f}")
+        ax.axhline(
+            whitebox_l2,
+            color="C3",
+            linestyle="--",
+            label=f"DeepFool (white-box), median ‖r‖₂ = {whitebox_l2:.3f}",
+        )
     ax.axhline(threshold, color="grey", linestyle=":", label=f"‖r‖₂ = {threshold:g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("queries per image (top-1 label only)")
     ax.set_ylabel("median ‖r‖₂ ([0, 1] pixels)")
-    ax.set_title(f"Decision-based attack on {_short(model)}: distance vs queries\n"
-                 f"(labels: share of images fooled within ‖r‖₂ ≤ {threshold:g} at that budget)", fontsize=9)
+    ax.set_title(
+        f"Decision-based attack on {_short(model)}: distance vs queries\n"
+        f"(labels: share of images fooled within ‖r‖₂ ≤ {threshold:g} at that budget)",
+        fontsize=9,
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(0.02, 0.35))
     return _save_figure(fig, path)

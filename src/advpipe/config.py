@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import yaml
 
@@ -69,8 +70,11 @@ def _interval(lo: Any, hi: Any, lo_open: bool = False, hi_open: bool = False) ->
 
 
 def choice(*allowed: Any, required: bool = True) -> Rule:
-    return Rule(lambda v: None if v in allowed else f"must be one of {list(allowed)}", required,
-                "one of " + " \\| ".join(f"`{a}`" for a in allowed))
+    return Rule(
+        lambda v: None if v in allowed else f"must be one of {list(allowed)}",
+        required,
+        "one of " + " \\| ".join(f"`{a}`" for a in allowed),
+    )
 
 
 def integer(lo: int | None = None, hi: int | None = None, required: bool = True) -> Rule:
@@ -86,8 +90,14 @@ def integer(lo: int | None = None, hi: int | None = None, required: bool = True)
     return Rule(check, required, "integer" + _interval(lo, hi))
 
 
-def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-           hi_open: bool = False, required: bool = True) -> Rule:
+def number(
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    required: bool = True,
+) -> Rule:
     def check(v: Any) -> str | None:
         if not _is_number(v):
             return "must be a finite number"
@@ -101,18 +111,31 @@ def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
 
 
 def boolean(required: bool = True) -> Rule:
-    return Rule(lambda v: None if isinstance(v, bool) else "must be true or false", required,
-                "`true` \\| `false`")
+    return Rule(
+        lambda v: None if isinstance(v, bool) else "must be true or false",
+        required,
+        "`true` \\| `false`",
+    )
 
 
 def string(required: bool = True) -> Rule:
-    return Rule(lambda v: None if isinstance(v, str) and v else "must be a non-empty string",
-                required, "non-empty string")
+    return Rule(
+        lambda v: None if isinstance(v, str) and v else "must be a non-empty string",
+        required,
+        "non-empty string",
+    )
 
 
 def optional_string() -> Rule:
-    return Rule(lambda v: None if v is None or (isinstance(v, str) and v)
-                else "must be a non-empty string or null", False, "non-empty string or `null`")
+    return Rule(
+        lambda v: (
+            None
+            if v is None or (isinstance(v, str) and v)
+            else "must be a non-empty string or null"
+        ),
+        False,
+        "non-empty string or `null`",
+    )
 
 
 def epsilon_list() -> Rule:
@@ -128,15 +151,23 @@ def epsilon_list() -> Rule:
     return Rule(check, kind="non-empty list of distinct ε in [0, 1]")
 
 
-def int_list(lo: int, hi: int, *, required: bool = True, unique: bool = True,
-             non_empty: bool = False, nullable: bool = False) -> Rule:
+def int_list(
+    lo: int,
+    hi: int,
+    *,
+    required: bool = True,
+    unique: bool = True,
+    non_empty: bool = False,
+    nullable: bool = False,
+) -> Rule:
     def check(v: Any) -> str | None:
         if v is None and nullable:
             return None
         if non_empty and v == []:
             return "must be a non-empty list of integers"
-        if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool)
-                                               for i in v):
+        if not isinstance(v, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in v
+        ):
             return "must be a list of integers" + (" or null" if nullable else "")
         if not all(lo <= i <= hi for i in v):
             return f"must hold integers in [{lo}, {hi}], got {v}"
@@ -144,8 +175,10 @@ def int_list(lo: int, hi: int, *, required: bool = True, unique: bool = True,
             return f"must not repeat a value, got {v}"
         return None
 
-    kind = (f"{'non-empty ' if non_empty else ''}list of {'distinct ' if unique else ''}"
-            f"integers in [{lo}, {hi}]{' or `null`' if nullable else ''}")
+    kind = (
+        f"{'non-empty ' if non_empty else ''}list of {'distinct ' if unique else ''}"
+        f"integers in [{lo}, {hi}]{' or `null`' if nullable else ''}"
+    )
     return Rule(check, required, kind)
 
 
@@ -165,8 +198,11 @@ def sha256_hex() -> Rule:
     def check(v: Any) -> str | None:
         if v is None:
             return None
-        if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdefABCDEF"
-                                                         for c in v):
+        if (
+            not isinstance(v, str)
+            or len(v) != 64
+            or any(c not in "0123456789abcdefABCDEF" for c in v)
+        ):
             return "must be a sha256 digest (64 hexadecimal characters) or null"
         return None
 
@@ -208,19 +244,35 @@ def choice_list(*allowed: Any, required: bool = True) -> Rule:
             return f"must not repeat a value, got {v}"
         return None
 
-    return Rule(check, required,
-                "non-empty list of distinct values from " + ", ".join(f"`{a}`" for a in allowed))
+    return Rule(
+        check,
+        required,
+        "non-empty list of distinct values from " + ", ".join(f"`{a}`" for a in allowed),
+    )
 
 
 def optional_positive_int() -> Rule:
-    return Rule(lambda v: None if v is None or (isinstance(v, int) and v >= 1
-                                                and not isinstance(v, bool))
-                else "must be null or an integer >= 1", False, "integer ≥ 1 or `null`")
+    return Rule(
+        lambda v: (
+            None
+            if v is None or (isinstance(v, int) and v >= 1 and not isinstance(v, bool))
+            else "must be null or an integer >= 1"
+        ),
+        False,
+        "integer ≥ 1 or `null`",
+    )
 
 
 def optional_fraction() -> Rule:
-    return Rule(lambda v: None if v is None or (_is_number(v) and 0 < v < 1)
-                else "must be null or a fraction in (0, 1)", False, "number in (0, 1) or `null`")
+    return Rule(
+        lambda v: (
+            None
+            if v is None or (_is_number(v) and 0 < v < 1)
+            else "must be null or a fraction in (0, 1)"
+        ),
+        False,
+        "number in (0, 1) or `null`",
+    )
 
 
 # --------------------------------------------------------------------------- the schema
@@ -234,8 +286,18 @@ DECISION_ATTACKS = _attack_registry.DECISION_ATTACKS
 WEIGHT_FILE_MODELS = _model_registry.KERAS_APPLICATIONS
 #: The default ε grid: the proposal's {0.001, 0.005, 0.01, 0.05, 0.1} merged with
 #: {1, 2, 4, 8, 16}/255 (the usual 8-bit steps).
-EPSILONS = [0.001, 0.00392157, 0.005, 0.00784314, 0.01, 0.01568627, 0.03137255, 0.05,
-            0.0627451, 0.1]
+EPSILONS = [
+    0.001,
+    0.00392157,
+    0.005,
+    0.00784314,
+    0.01,
+    0.01568627,
+    0.03137255,
+    0.05,
+    0.0627451,
+    0.1,
+]
 #: 1, 2, 4, 8 / 255
 EPSILONS_255 = [0.00392157, 0.00784314, 0.01568627, 0.03137255]
 
@@ -247,8 +309,14 @@ def _train_defaults(field_name: str) -> Any:
     return TrainConfig.__dataclass_fields__[field_name].default
 
 
-def _train_rules(optimizer: str, learning_rate: float, epochs: int, batch_size: int,
-                 patience: int, **required: Any) -> dict[str, Rule]:
+def _train_rules(
+    optimizer: str,
+    learning_rate: float,
+    epochs: int,
+    batch_size: int,
+    patience: int,
+    **required: Any,
+) -> dict[str, Rule]:
     """The training keys every defense params group has (TrainConfig's fields).
 
     An optional key given in ``required`` is required in that group, with that default.
@@ -256,22 +324,34 @@ def _train_rules(optimizer: str, learning_rate: float, epochs: int, batch_size: 
     rules = {
         "optimizer": param(choice("adam", "sgd"), optimizer, "`adam`, or `sgd` with `momentum`"),
         "learning_rate": param(number(0, 1, lo_open=True), learning_rate, "learning rate"),
-        "momentum": param(number(0, 1, required=False), _train_defaults("momentum"),
-                          "SGD momentum (optional)"),
+        "momentum": param(
+            number(0, 1, required=False), _train_defaults("momentum"), "SGD momentum (optional)"
+        ),
         "epochs": param(integer(1, 100000), epochs, "training epochs"),
         "batch_size": param(integer(1, 4096), batch_size, "training batch size (m)"),
-        "patience": param(integer(0), patience,
-                          "early stopping: epochs without improvement (0: off); the best "
-                          "epoch is kept"),
-        "max_steps": param(optional_positive_int(), _train_defaults("max_steps"),
-                           "cap on training steps (optional)"),
-        "lr_decay_at": param(optional_fraction(), _train_defaults("lr_decay_at"),
-                             "halve the learning rate after this fraction of the epochs "
-                             "(optional)"),
+        "patience": param(
+            integer(0),
+            patience,
+            "early stopping: epochs without improvement (0: off); the best epoch is kept",
+        ),
+        "max_steps": param(
+            optional_positive_int(),
+            _train_defaults("max_steps"),
+            "cap on training steps (optional)",
+        ),
+        "lr_decay_at": param(
+            optional_fraction(),
+            _train_defaults("lr_decay_at"),
+            "halve the learning rate after this fraction of the epochs (optional)",
+        ),
     }
     for key, default in required.items():
-        rules[key] = replace(rules[key], required=True, default=default,
-                             doc=rules[key].doc.replace(" (optional)", ""))
+        rules[key] = replace(
+            rules[key],
+            required=True,
+            default=default,
+            doc=rules[key].doc.replace(" (optional)", ""),
+        )
     return rules
 
 
@@ -280,23 +360,46 @@ def _url_default(key: str) -> Any:
     return _URL_DEFAULTS_TEMP[key]  # TODO(lead): the data package's dataclass
 
 
-_URL_DEFAULTS_TEMP = dict(list="data/urls/fall11_urls.txt", format="auto", workers=16, timeout=10.0,
-    retries=2, backoff=0.5, min_bytes=2048, min_side=64, max_pixels=89478485, deadline=60.0,
-    max_retry_after=30.0, decode_pixels=16000000, background_fraction=0.6, background_tolerance=4,
-    text_edge_ratio=0.35, noise_min_correlation=0.3, noise_max_blockiness=1.5,
-    noise_min_block_correlation=0.1, cross_class="first")
+_URL_DEFAULTS_TEMP = dict(
+    list="data/urls/fall11_urls.txt",
+    format="auto",
+    workers=16,
+    timeout=10.0,
+    retries=2,
+    backoff=0.5,
+    min_bytes=2048,
+    min_side=64,
+    max_pixels=89478485,
+    deadline=60.0,
+    max_retry_after=30.0,
+    decode_pixels=16000000,
+    background_fraction=0.6,
+    background_tolerance=4,
+    text_edge_ratio=0.35,
+    noise_min_correlation=0.3,
+    noise_max_blockiness=1.5,
+    noise_min_block_correlation=0.1,
+    cross_class="first",
+)
 
 
-def _sets(name: str, first: int | None, indices: list[int] | None, per_class: int,
-          paper: str) -> dict[str, Rule]:
+def _sets(
+    name: str, first: int | None, indices: list[int] | None, per_class: int, paper: str
+) -> dict[str, Rule]:
     return {
-        f"data.{name}.source": param(choice(*SOURCES), "samples",
-                                     "where the images come from: see [data](data.md)"),
-        f"data.{name}.first": param(nullable(integer(1, 1000)), first,
-                                    "the first N ImageNet classes (used when `indices` is null)"),
-        f"data.{name}.indices": param(nullable(int_list(0, 999, non_empty=True)), indices,
-                                      "an explicit list of ImageNet class indices (wins over "
-                                      "`first`)"),
+        f"data.{name}.source": param(
+            choice(*SOURCES), "samples", "where the images come from: see [data](data.md)"
+        ),
+        f"data.{name}.first": param(
+            nullable(integer(1, 1000)),
+            first,
+            "the first N ImageNet classes (used when `indices` is null)",
+        ),
+        f"data.{name}.indices": param(
+            nullable(int_list(0, 999, non_empty=True)),
+            indices,
+            "an explicit list of ImageNet class indices (wins over `first`)",
+        ),
         f"data.{name}.per_class": param(integer(1), per_class, f"images per class ({paper})"),
     }
 
@@ -311,46 +414,64 @@ def _urls() -> dict[str, Rule]:
         "backoff": (number(0), "seconds before the first retry, doubled at each retry"),
         "min_bytes": (integer(0), "smaller files are rejected"),
         "min_side": (integer(1), "smaller images are rejected (also `folder` and `imagenette`)"),
-        "max_pixels": (integer(1), "decompression-bomb limit, Pillow's default (also `folder` "
-                                   "and `imagenette`)"),
-        "deadline": (number(0, lo_open=True, required=False),
-                     "hard wall-clock seconds per attempt (connect + headers + body)"),
-        "max_retry_after": (number(0, required=False), "cap on a 429/503 Retry-After wait, "
-                                                       "seconds"),
-        "decode_pixels": (integer(1, required=False), "larger images: JPEG decoded at 1/2..1/8 "
-                                                      "size, others rejected"),
-        "background_fraction": (number(0, 1, lo_open=True, required=False),
-                                "text placeholder: the dominant colour covers at least this "
-                                "share..."),
-        "background_tolerance": (integer(0, 255, required=False),
-                                 "...counting pixels within this max channel difference of it..."),
-        "text_edge_ratio": (number(0, 1, required=False),
-                            "...and at least this share of the rest touches it (thin strokes)"),
-        "noise_min_correlation": (number(-1, 1, required=False),
-                                  "noise test: adjacent-pixel correlation threshold (see "
-                                  "[data](data.md))"),
-        "noise_max_blockiness": (number(0, lo_open=True, required=False),
-                                 "noise test: JPEG 8×8 block-border step threshold"),
-        "noise_min_block_correlation": (number(-1, 1, required=False),
-                                        "noise test: correlation inside blocks threshold"),
-        "cross_class": (choice("first", "reject", required=False),
-                        "a URL listed under several classes: its `first` class, or `reject` it"),
+        "max_pixels": (
+            integer(1),
+            "decompression-bomb limit, Pillow's default (also `folder` and `imagenette`)",
+        ),
+        "deadline": (
+            number(0, lo_open=True, required=False),
+            "hard wall-clock seconds per attempt (connect + headers + body)",
+        ),
+        "max_retry_after": (
+            number(0, required=False),
+            "cap on a 429/503 Retry-After wait, seconds",
+        ),
+        "decode_pixels": (
+            integer(1, required=False),
+            "larger images: JPEG decoded at 1/2..1/8 size, others rejected",
+        ),
+        "background_fraction": (
+            number(0, 1, lo_open=True, required=False),
+            "text placeholder: the dominant colour covers at least this share...",
+        ),
+        "background_tolerance": (
+            integer(0, 255, required=False),
+            "...counting pixels within this max channel difference of it...",
+        ),
+        "text_edge_ratio": (
+            number(0, 1, required=False),
+            "...and at least this share of the rest touches it (thin strokes)",
+        ),
+        "noise_min_correlation": (
+            number(-1, 1, required=False),
+            "noise test: adjacent-pixel correlation threshold (see [data](data.md))",
+        ),
+        "noise_max_blockiness": (
+            number(0, lo_open=True, required=False),
+            "noise test: JPEG 8×8 block-border step threshold",
+        ),
+        "noise_min_block_correlation": (
+            number(-1, 1, required=False),
+            "noise test: correlation inside blocks threshold",
+        ),
+        "cross_class": (
+            choice("first", "reject", required=False),
+            "a URL listed under several classes: its `first` class, or `reject` it",
+        ),
     }
-    return {f"data.urls.{k}": param(rule, _url_default(k), doc)
-            for k, (rule, doc) in rules.items()}
+    return {f"data.urls.{k}": param(rule, _url_default(k), doc) for k, (rule, doc) in rules.items()}
 
 
 #: The top-level groups of params.yaml, each with what it governs (docs/parameters.md).
 GROUPS: dict[str, str] = {
     "seed": "The one seed of the pipeline.",
     "data": "The attack set and the defense set: where the images come from and how they are "
-            "resized ([data](data.md)).",
-    "model": "The attacked ImageNet model (every model takes RGB [0, 1] NHWC and returns "
-             "logits).",
+    "resized ([data](data.md)).",
+    "model": "The attacked ImageNet model (every model takes RGB [0, 1] NHWC and returns logits).",
     "attacks": "The ε-parameterised attacks and DeepFool ([attacks](attacks.md)). ε is a distance "
-               "in [0, 1] pixel space.",
+    "in [0, 1] pixel space.",
     "defense": "The defense model, the training of each defense method and their evaluation "
-               "([defenses](defenses.md)).",
+    "([defenses](defenses.md)).",
     "blackbox": "The transfer matrices and the decision-based attack ([black-box](blackbox.md)).",
     "report": "The figure of adversarial examples (the proposal's Figure 4).",
 }
@@ -359,158 +480,225 @@ SCHEMA: dict[str, Rule] = {
     "seed": param(integer(0), 0, "the one seed: splits, random starts, training"),
     # ---------------------------------------------------------------- data
     "data.image_size": param(integer(8, 1024), 224, "side of the square images the model reads"),
-    "data.crop_ratio": param(number(0, 1, lo_open=True), 0.875,
-                             "short side → round(image_size / crop_ratio), then a centre crop "
-                             "(standard ImageNet eval: 256 → 224); 1.0: short side → "
-                             "image_size"),
-    "data.resample": param(choice("bicubic", "bilinear", "lanczos", "nearest"), "bicubic",
-                           "resampling filter"),
+    "data.crop_ratio": param(
+        number(0, 1, lo_open=True),
+        0.875,
+        "short side → round(image_size / crop_ratio), then a centre crop "
+        "(standard ImageNet eval: 256 → 224); 1.0: short side → "
+        "image_size",
+    ),
+    "data.resample": param(
+        choice("bicubic", "bilinear", "lanczos", "nearest"), "bicubic", "resampling filter"
+    ),
     **_sets("attack_set", 50, None, 50, "paper: the first 50 classes × 50 images"),
-    **_sets("defense_set", None, [96, 530, 950], 500,
-            "paper: toucan, digital clock, orange; 500 each"),
-    "data.defense_set.split": param(split_counts(), {"train": 300, "val": 100, "test": 100},
-                                    "per-class proportions of the train/val/test split"),
+    **_sets(
+        "defense_set", None, [96, 530, 950], 500, "paper: toucan, digital clock, orange; 500 each"
+    ),
+    "data.defense_set.split": param(
+        split_counts(),
+        {"train": 300, "val": 100, "test": 100},
+        "per-class proportions of the train/val/test split",
+    ),
     **_urls(),
-    "data.folder.path": param(string(), "data/imagenet/train",
-                              "a local ImageNet-style folder, one sub-folder per WordNet id"),
-    "data.folder.skip_unreadable_classes": param(boolean(), False,
-                                                 "true: a class with no usable image is skipped "
-                                                 "(warning) instead of stopping the stage"),
-    "data.imagenette.archive": param(choice(*IMAGENETTE_ARCHIVES), "imagenette2-160",
-                                     "which Imagenette archive (`imagenette2`: full size)"),
-    "data.imagenette.url": param(http_url(), None,
-                                 "null: the official URL of `archive`; or any http(s) URL"),
-    "data.imagenette.sha256": param(sha256_hex(), None,
-                                    "null: the known checksum of the official archive; a "
-                                    "string: required"),
-    "data.imagenette.path": param(optional_string(), None,
-                                  "a local copy instead of a download: the .tgz or an "
-                                  "extracted folder"),
-    "data.imagenette.cache_dir": param(string(), "data/raw/imagenette",
-                                       "where the archive is downloaded and extracted"),
+    "data.folder.path": param(
+        string(),
+        "data/imagenet/train",
+        "a local ImageNet-style folder, one sub-folder per WordNet id",
+    ),
+    "data.folder.skip_unreadable_classes": param(
+        boolean(),
+        False,
+        "true: a class with no usable image is skipped (warning) instead of stopping the stage",
+    ),
+    "data.imagenette.archive": param(
+        choice(*IMAGENETTE_ARCHIVES),
+        "imagenette2-160",
+        "which Imagenette archive (`imagenette2`: full size)",
+    ),
+    "data.imagenette.url": param(
+        http_url(), None, "null: the official URL of `archive`; or any http(s) URL"
+    ),
+    "data.imagenette.sha256": param(
+        sha256_hex(), None, "null: the known checksum of the official archive; a string: required"
+    ),
+    "data.imagenette.path": param(
+        optional_string(),
+        None,
+        "a local copy instead of a download: the .tgz or an extracted folder",
+    ),
+    "data.imagenette.cache_dir": param(
+        string(), "data/raw/imagenette", "where the archive is downloaded and extracted"
+    ),
     # ---------------------------------------------------------------- model
-    "model.name": param(choice(*MODELS), "efficientnet_lite0",
-                        "the attacked model (`resnet50`, `vgg16`: Keras weights, network or "
-                        "`weights_path`; `tiny`: tests)"),
-    "model.weights_path": param(optional_string(), None,
-                                "a Keras .h5 weight file for resnet50/vgg16, used instead of a "
-                                "download"),
+    "model.name": param(
+        choice(*MODELS),
+        "efficientnet_lite0",
+        "the attacked model (`resnet50`, `vgg16`: Keras weights, network or "
+        "`weights_path`; `tiny`: tests)",
+    ),
+    "model.weights_path": param(
+        optional_string(),
+        None,
+        "a Keras .h5 weight file for resnet50/vgg16, used instead of a download",
+    ),
     "model.batch_size": param(integer(1, 4096), 32, "batch size of the attacks and predictions"),
     # ---------------------------------------------------------------- attacks
-    "attacks.labels": param(choice("ground_truth", "predicted"), "ground_truth",
-                            "attack the true label, or the model's prediction (no label "
-                            "leaking)"),
+    "attacks.labels": param(
+        choice("ground_truth", "predicted"),
+        "ground_truth",
+        "attack the true label, or the model's prediction (no label leaking)",
+    ),
     "attacks.fgsm.epsilons": param(epsilon_list(), EPSILONS, "FGSM's ε grid (L∞)"),
     "attacks.fgm.epsilons": param(epsilon_list(), EPSILONS, "FGM's ε grid"),
-    "attacks.fgm.norm": param(choice("l2", "linf_equivalent"), "linf_equivalent",
-                              "`l2`: ε is the L2 norm; `linf_equivalent`: ε·√d, the L2 norm of "
-                              "an FGSM step of the same ε"),
+    "attacks.fgm.norm": param(
+        choice("l2", "linf_equivalent"),
+        "linf_equivalent",
+        "`l2`: ε is the L2 norm; `linf_equivalent`: ε·√d, the L2 norm of "
+        "an FGSM step of the same ε",
+    ),
     "attacks.rfgsm.epsilons": param(epsilon_list(), EPSILONS, "R-FGSM's ε grid (L∞)"),
     # alpha = eps would leave no step along the gradient: (0, 1) open on both ends
-    "attacks.rfgsm.alpha_fraction": param(number(0, 1, lo_open=True, hi_open=True), 0.5,
-                                          "α = alpha_fraction·ε (paper: ε/2)"),
+    "attacks.rfgsm.alpha_fraction": param(
+        number(0, 1, lo_open=True, hi_open=True), 0.5, "α = alpha_fraction·ε (paper: ε/2)"
+    ),
     "attacks.step_ll.epsilons": param(epsilon_list(), EPSILONS, "step-LL's ε grid (L∞)"),
     "attacks.pgd.epsilons": param(epsilon_list(), EPSILONS, "PGD's ε grid (L∞)"),
     "attacks.pgd.steps": param(integer(1, 1000), 10, "PGD iterations"),
-    "attacks.pgd.rel_stepsize": param(number(0, lo_open=True), 0.25,
-                                      "step = rel_stepsize·ε (as Foolbox's LinfPGD)"),
-    "attacks.pgd.random_start": param(boolean(), True,
-                                      "uniform start in the ε-ball (PGD); false: BIM"),
+    "attacks.pgd.rel_stepsize": param(
+        number(0, lo_open=True), 0.25, "step = rel_stepsize·ε (as Foolbox's LinfPGD)"
+    ),
+    "attacks.pgd.random_start": param(
+        boolean(), True, "uniform start in the ε-ball (PGD); false: BIM"
+    ),
     "attacks.deepfool.steps": param(integer(1), 50, "DeepFool's maximum steps"),
-    "attacks.deepfool.candidates": param(integer(2, 1000), 10,
-                                         "classes considered, the prediction included"),
+    "attacks.deepfool.candidates": param(
+        integer(2, 1000), 10, "classes considered, the prediction included"
+    ),
     "attacks.deepfool.overshoot": param(number(0), 0.02, "overshoot of the final step"),
     "attacks.deepfool.batch_size": param(integer(1, 4096), 10, "DeepFool's batch size"),
     # ---------------------------------------------------------------- defense
-    "defense.model.trunk": param(choice(*MODELS), "efficientnet_lite0",
-                                 "the ImageNet trunk (paper: vgg16)"),
-    "defense.model.weights_path": param(optional_string(), None,
-                                        "Keras .h5 weights for a resnet50/vgg16 trunk"),
-    "defense.model.trainable_blocks": param(integer(0, 100), 0,
-                                            "top trunk blocks left trainable (0: the paper's "
-                                            "frozen trunk)"),
-    "defense.model.hidden_units": param(int_list(1, 65536, unique=False), [],
-                                       "Dense ReLU layers before the logits ([]: a linear head)"),
+    "defense.model.trunk": param(
+        choice(*MODELS), "efficientnet_lite0", "the ImageNet trunk (paper: vgg16)"
+    ),
+    "defense.model.weights_path": param(
+        optional_string(), None, "Keras .h5 weights for a resnet50/vgg16 trunk"
+    ),
+    "defense.model.trainable_blocks": param(
+        integer(0, 100), 0, "top trunk blocks left trainable (0: the paper's frozen trunk)"
+    ),
+    "defense.model.hidden_units": param(
+        int_list(1, 65536, unique=False),
+        [],
+        "Dense ReLU layers before the logits ([]: a linear head)",
+    ),
     "defense.model.dropout": param(number(0, 1), 0.0, "dropout before the logits"),
     **{f"defense.clean.{k}": r for k, r in _train_rules("adam", 0.001, 30, 32, 5).items()},
     **{f"defense.kurakin.{k}": r for k, r in _train_rules("adam", 0.0005, 5, 32, 0).items()},
-    **{f"defense.deep_defense.{k}": r
-       for k, r in _train_rules("sgd", 0.0005, 2, 8, 0, momentum=0.9, lr_decay_at=0.8,
-                             max_steps=None).items()},
+    **{
+        f"defense.deep_defense.{k}": r
+        for k, r in _train_rules(
+            "sgd", 0.0005, 2, 8, 0, momentum=0.9, lr_decay_at=0.8, max_steps=None
+        ).items()
+    },
     "defense.deep_defense.mu": param(number(0), 15, "regulariser weight μ"),
     "defense.deep_defense.c": param(number(0), 25, "correctly classified: μ·exp(−c‖r‖/‖x‖)"),
     "defense.deep_defense.d": param(number(0), 5, "misclassified: μ·exp(d‖r‖/‖x‖)"),
-    "defense.deep_defense.steps": param(integer(1, 100), 5,
-                                        "DeepFool steps unrolled in the training graph"),
+    "defense.deep_defense.steps": param(
+        integer(1, 100), 5, "DeepFool steps unrolled in the training graph"
+    ),
     "defense.deep_defense.overshoot": param(number(0), 0.02, "DeepFool's overshoot"),
-    "defense.deep_defense.candidates": param(integer(2, 1000), 3,
-                                             "DeepFool candidates, the prediction included"),
-    "defense.kurakin.adversarial_fraction": param(number(0, 1, lo_open=True), 0.5,
-                                                  "k/m (Kurakin et al.: k = 16 of m = 32)"),
-    "defense.kurakin.lambda": param(number(0, lo_open=True), 0.3,
-                                    "λ, the weight of the adversarial examples' loss"),
-    "defense.kurakin.eps_stddev": param(number(0, 1, lo_open=True), 0.03137255,
-                                        "ε per example ~ N(0, σ) truncated to [0, eps_max] "
-                                        "(σ = 8/255)"),
-    "defense.kurakin.eps_max": param(number(0, 1, lo_open=True), 0.0627451,
-                                     "largest training ε (16/255)"),
-    "defense.kurakin.labels": param(choice("ground_truth", "predicted"), "ground_truth",
-                                    "FGSM's labels (`ground_truth` shows label leaking; step-LL "
-                                    "ignores it)"),
-    "defense.evaluation.split": param(choice("train", "val", "test"), "test",
-                                      "the split every defense model is evaluated on"),
-    "defense.evaluation.epsilons": param(epsilon_list(), EPSILONS_255,
-                                         "ε of the white-box and transfer attacks"),
+    "defense.deep_defense.candidates": param(
+        integer(2, 1000), 3, "DeepFool candidates, the prediction included"
+    ),
+    "defense.kurakin.adversarial_fraction": param(
+        number(0, 1, lo_open=True), 0.5, "k/m (Kurakin et al.: k = 16 of m = 32)"
+    ),
+    "defense.kurakin.lambda": param(
+        number(0, lo_open=True), 0.3, "λ, the weight of the adversarial examples' loss"
+    ),
+    "defense.kurakin.eps_stddev": param(
+        number(0, 1, lo_open=True),
+        0.03137255,
+        "ε per example ~ N(0, σ) truncated to [0, eps_max] (σ = 8/255)",
+    ),
+    "defense.kurakin.eps_max": param(
+        number(0, 1, lo_open=True), 0.0627451, "largest training ε (16/255)"
+    ),
+    "defense.kurakin.labels": param(
+        choice("ground_truth", "predicted"),
+        "ground_truth",
+        "FGSM's labels (`ground_truth` shows label leaking; step-LL ignores it)",
+    ),
+    "defense.evaluation.split": param(
+        choice("train", "val", "test"), "test", "the split every defense model is evaluated on"
+    ),
+    "defense.evaluation.epsilons": param(
+        epsilon_list(), EPSILONS_255, "ε of the white-box and transfer attacks"
+    ),
     "defense.evaluation.batch_size": param(integer(1, 4096), 32, "evaluation batch size"),
-    "defense.evaluation.chance_margin": param(number(0, 1), 0.1,
-                                              "masking check: PGD at the largest ε within this "
-                                              "of chance"),
-    "defense.evaluation.report_epsilon": param(number(0, 1, lo_open=True), 0.01568627,
-                                               "the ε of the table's attack columns (4/255)"),
+    "defense.evaluation.chance_margin": param(
+        number(0, 1), 0.1, "masking check: PGD at the largest ε within this of chance"
+    ),
+    "defense.evaluation.report_epsilon": param(
+        number(0, 1, lo_open=True), 0.01568627, "the ε of the table's attack columns (4/255)"
+    ),
     # ---------------------------------------------------------------- black-box
     "blackbox.batch_size": param(integer(1, 4096), 20, "batch size of the transfer matrices"),
-    "blackbox.native_size": param(boolean(), True,
-                                  "true: a bilinear resize inside each model to its native size "
-                                  "(Lite1 240, Lite2 260)"),
-    "blackbox.transfer.models": param(choice_list(*TRANSFER_MODELS),
-                                      ["efficientnet_lite0", "efficientnet_lite1",
-                                       "efficientnet_lite2"],
-                                      "source and target models (paper: + resnet50, vgg16)"),
-    "blackbox.transfer.attacks": param(choice_list(*ATTACKS, "deepfool"),
-                                       ["fgsm", "fgm", "rfgsm", "step_ll", "pgd", "deepfool"],
-                                       "attacks crafted on each source (options from "
-                                       "`attacks.<name>`)"),
+    "blackbox.native_size": param(
+        boolean(),
+        True,
+        "true: a bilinear resize inside each model to its native size (Lite1 240, Lite2 260)",
+    ),
+    "blackbox.transfer.models": param(
+        choice_list(*TRANSFER_MODELS),
+        ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"],
+        "source and target models (paper: + resnet50, vgg16)",
+    ),
+    "blackbox.transfer.attacks": param(
+        choice_list(*ATTACKS, "deepfool"),
+        ["fgsm", "fgm", "rfgsm", "step_ll", "pgd", "deepfool"],
+        "attacks crafted on each source (options from `attacks.<name>`)",
+    ),
     "blackbox.transfer.epsilons": param(epsilon_list(), EPSILONS_255, "ε of the matrix"),
-    "blackbox.transfer.heatmap_epsilon": param(number(0, 1, lo_open=True), 0.01568627,
-                                               "the ε the heatmaps show; one of `epsilons`"),
-    "blackbox.transfer_defense.models": param(choice_list(*_defense_registry.DEFENSES),
-                                              ["clean", "kurakin_step_ll", "kurakin_fgsm",
-                                               "deep_defense"],
-                                              "the defense models of the second matrix (attacks "
-                                              "and ε: `blackbox.transfer`)"),
-    "blackbox.decision.model": param(choice(*TRANSFER_MODELS), "efficientnet_lite0",
-                                     "the target of the label-only attack"),
-    "blackbox.decision.attack": param(choice(*DECISION_ATTACKS), "hopskipjump",
-                                      "Foolbox's decision-based attack"),
-    "blackbox.decision.budgets": param(int_list(1, 10**6, non_empty=True),
-                                       [10, 25, 50, 100, 250, 500, 1000], "queries per image"),
-    "blackbox.decision.n_images": param(integer(1), 10,
-                                        "the first n images of the attack set the target "
-                                        "classifies correctly"),
-    "blackbox.decision.batch_size": param(integer(1, 4096), 5,
-                                          "images attacked together (memory: HopSkipJump's "
-                                          "gradient samples)"),
-    "blackbox.decision.max_gradient_evals": param(integer(1, 100000), 100,
-                                                  "HopSkipJump's max_gradient_eval_steps"),
+    "blackbox.transfer.heatmap_epsilon": param(
+        number(0, 1, lo_open=True), 0.01568627, "the ε the heatmaps show; one of `epsilons`"
+    ),
+    "blackbox.transfer_defense.models": param(
+        choice_list(*_defense_registry.DEFENSES),
+        ["clean", "kurakin_step_ll", "kurakin_fgsm", "deep_defense"],
+        "the defense models of the second matrix (attacks and ε: `blackbox.transfer`)",
+    ),
+    "blackbox.decision.model": param(
+        choice(*TRANSFER_MODELS), "efficientnet_lite0", "the target of the label-only attack"
+    ),
+    "blackbox.decision.attack": param(
+        choice(*DECISION_ATTACKS), "hopskipjump", "Foolbox's decision-based attack"
+    ),
+    "blackbox.decision.budgets": param(
+        int_list(1, 10**6, non_empty=True), [10, 25, 50, 100, 250, 500, 1000], "queries per image"
+    ),
+    "blackbox.decision.n_images": param(
+        integer(1), 10, "the first n images of the attack set the target classifies correctly"
+    ),
+    "blackbox.decision.batch_size": param(
+        integer(1, 4096), 5, "images attacked together (memory: HopSkipJump's gradient samples)"
+    ),
+    "blackbox.decision.max_gradient_evals": param(
+        integer(1, 100000), 100, "HopSkipJump's max_gradient_eval_steps"
+    ),
     "blackbox.decision.seed": param(integer(0), 0, "the decision attack's seed"),
-    "blackbox.decision.l2_threshold": param(number(0, lo_open=True), 6.09,
-                                            "success within this ‖r‖₂ too (6.09: every pixel "
-                                            "changed by 4/255 at 224×224×3)"),
+    "blackbox.decision.l2_threshold": param(
+        number(0, lo_open=True),
+        6.09,
+        "success within this ‖r‖₂ too (6.09: every pixel changed by 4/255 at 224×224×3)",
+    ),
     # ---------------------------------------------------------------- report
     "report.figure.attack": param(choice(*ATTACKS), "step_ll", "the attack of the figure"),
-    "report.figure.images": param(int_list(0, 10**9, nullable=True), None,
-                                  "positions in the attack set, or null: the first `n_images` "
-                                  "the model classifies correctly"),
+    "report.figure.images": param(
+        int_list(0, 10**9, nullable=True),
+        None,
+        "positions in the attack set, or null: the first `n_images` the model classifies correctly",
+    ),
     "report.figure.n_images": param(integer(1, 20), 2, "how many images the figure shows"),
     "report.figure.epsilons": param(epsilon_list(), [0.001, 0.01, 0.05], "one row per ε"),
 }
@@ -523,8 +711,10 @@ def _class_choice(params: Mapping[str, Any]) -> list[str]:
         first = get(params, f"data.{name}.first", None)
         indices = get(params, f"data.{name}.indices", None)
         if first is None and indices is None:
-            problems.append(f"'data.{name}.first' and 'data.{name}.indices' are both null: "
-                            "set one (the first N classes, or a list of class indices)")
+            problems.append(
+                f"'data.{name}.first' and 'data.{name}.indices' are both null: "
+                "set one (the first N classes, or a list of class indices)"
+            )
     return problems
 
 
@@ -532,16 +722,25 @@ def _heatmap_epsilon(params: Mapping[str, Any]) -> list[str]:
     """The heatmaps show one of the transfer epsilons."""
     eps = get(params, "blackbox.transfer.heatmap_epsilon", None)
     grid = get(params, "blackbox.transfer.epsilons", None)
-    if eps is not None and isinstance(grid, list) and not any(
-            _is_number(e) and math.isclose(e, eps, rel_tol=1e-9, abs_tol=1e-12) for e in grid):
-        return [f"'blackbox.transfer.heatmap_epsilon' {eps} is not one of "
-                f"'blackbox.transfer.epsilons' {grid}"]
+    if (
+        eps is not None
+        and isinstance(grid, list)
+        and not any(
+            _is_number(e) and math.isclose(e, eps, rel_tol=1e-9, abs_tol=1e-12) for e in grid
+        )
+    ):
+        return [
+            f"'blackbox.transfer.heatmap_epsilon' {eps} is not one of "
+            f"'blackbox.transfer.epsilons' {grid}"
+        ]
     return []
 
 
 #: Checks that involve several keys; each returns a list of problems.
 CROSS_CHECKS: tuple[Callable[[Mapping[str, Any]], list[str]], ...] = (
-    _class_choice, _heatmap_epsilon)
+    _class_choice,
+    _heatmap_epsilon,
+)
 
 
 # --------------------------------------------------------------------------- access
@@ -596,9 +795,10 @@ def _unknown_keys(params: Mapping[str, Any], schema: Mapping[str, Rule]) -> list
 
 def _hint(full: str, prefix: str, known: set[str]) -> str:
     """' (did you mean ...?)' from the same group, else the same leaf name elsewhere."""
-    names = sorted(k[len(prefix):] for k in known
-                   if k.startswith(prefix) and "." not in k[len(prefix):])
-    leaf = full[len(prefix):]
+    names = sorted(
+        k[len(prefix) :] for k in known if k.startswith(prefix) and "." not in k[len(prefix) :]
+    )
+    leaf = full[len(prefix) :]
     close = [prefix + c for c in difflib.get_close_matches(leaf, names, n=1, cutoff=0.7)]
     if not close:
         close = sorted(k for k in known if k.rsplit(".", 1)[-1] == leaf)[:1]
@@ -608,8 +808,6 @@ def _hint(full: str, prefix: str, known: set[str]) -> str:
     return f" ({group} takes: {', '.join(names)})"
 
 
-
-
 def _cross_checks(params: Mapping[str, Any]) -> list[str]:
     """Rules that tie two keys together (run once every key is valid on its own)."""
     problems = []
@@ -617,10 +815,13 @@ def _cross_checks(params: Mapping[str, Any]) -> list[str]:
     if get(params, "model.weights_path", None) is not None and name not in WEIGHT_FILE_MODELS:
         problems.append(
             f"'model.weights_path' applies only to {' and '.join(WEIGHT_FILE_MODELS)} (a Keras "
-            f".h5 weight file); model '{name}' does not use it: set it to null")
+            f".h5 weight file); model '{name}' does not use it: set it to null"
+        )
     if name in WEIGHT_FILE_MODELS and get(params, "data.image_size") != 224:
-        problems.append(f"'data.image_size' must be 224 for model '{name}' (its ImageNet "
-                        f"classifier is fixed), got {get(params, 'data.image_size')}")
+        problems.append(
+            f"'data.image_size' must be 224 for model '{name}' (its ImageNet "
+            f"classifier is fixed), got {get(params, 'data.image_size')}"
+        )
     return problems
 
 

@@ -7,7 +7,7 @@ grow with the number of images.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -30,27 +30,37 @@ def compiled_forward(model) -> Callable[[tf.Tensor], tf.Tensor]:
     return forward
 
 
-def iterate_batches(images: np.ndarray, labels: np.ndarray, batch_size: int
-                    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def iterate_batches(
+    images: np.ndarray, labels: np.ndarray, batch_size: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(start_index, float32 [0,1] batch, int64 labels)``."""
     for start in range(0, len(images), batch_size):
         stop = start + batch_size
-        yield (start, to_unit_float(images[start:stop]),
-               np.asarray(labels[start:stop], dtype=np.int64))
+        yield (
+            start,
+            to_unit_float(images[start:stop]),
+            np.asarray(labels[start:stop], dtype=np.int64),
+        )
 
 
-def predict_logits(model, images: np.ndarray, batch_size: int = 32,
-                   forward: Callable | None = None) -> np.ndarray:
+def predict_logits(
+    model, images: np.ndarray, batch_size: int = 32, forward: Callable | None = None
+) -> np.ndarray:
     """Logits for a uint8 (or [0,1] float) image array, batched."""
     forward = forward or compiled_forward(model)
     out = []
     for start in range(0, len(images), batch_size):
-        out.append(forward(tf.constant(to_unit_float(images[start:start + batch_size]))).numpy())
+        out.append(forward(tf.constant(to_unit_float(images[start : start + batch_size]))).numpy())
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
-def first_correct(forward: Callable[[tf.Tensor], tf.Tensor], images: np.ndarray,
-                  labels: np.ndarray, n: int, batch_size: int = 32) -> list[int]:
+def first_correct(
+    forward: Callable[[tf.Tensor], tf.Tensor],
+    images: np.ndarray,
+    labels: np.ndarray,
+    n: int,
+    batch_size: int = 32,
+) -> list[int]:
     """Positions of the first ``n`` images whose top-1 prediction is right (fewer if
     there are not ``n``); stops predicting as soon as it has them."""
     found: list[int] = []

@@ -77,8 +77,14 @@ def rho2(perturbation_l2, image_l2, success) -> float:
     return float(np.mean(r[ok] / np.maximum(x[ok], 1e-12)))
 
 
-def masking_checks(whitebox: dict, transfer: dict | None, *, chance: float,
-                   margin: float = 0.1, iterative: str = "pgd") -> dict:
+def masking_checks(
+    whitebox: dict,
+    transfer: dict | None,
+    *,
+    chance: float,
+    margin: float = 0.1,
+    iterative: str = "pgd",
+) -> dict:
     """The gradient-masking checks of Carlini et al. (2019) for one model.
 
     ``whitebox`` / ``transfer``: ``{attack: {eps: top1}}`` on the same images.
@@ -116,8 +122,15 @@ def masking_checks(whitebox: dict, transfer: dict | None, *, chance: float,
         largest = max(pgd, key=float)
         chance_ok = pgd[largest] <= chance + margin
         if not chance_ok:
-            flags.append(f"{iterative} top-1 {pgd[largest]:.3f} at the largest eps {largest} is "
-                         f"not within {margin} of chance ({chance:.3f})")
-    return {"iterative_beats_one_step": iterative_ok, "whitebox_beats_transfer": transfer_ok,
-            "falls_towards_chance": chance_ok, "chance": chance, "flags": flags,
-            "passed": bool(iterative_ok and transfer_ok is not False and chance_ok is not False)}
+            flags.append(
+                f"{iterative} top-1 {pgd[largest]:.3f} at the largest eps {largest} is "
+                f"not within {margin} of chance ({chance:.3f})"
+            )
+    return {
+        "iterative_beats_one_step": iterative_ok,
+        "whitebox_beats_transfer": transfer_ok,
+        "falls_towards_chance": chance_ok,
+        "chance": chance,
+        "flags": flags,
+        "passed": bool(iterative_ok and transfer_ok is not False and chance_ok is not False),
+    }

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -79,8 +79,9 @@ def write_rows_csv(path: str | Path, rows: Iterable[Mapping]) -> Path:
     return atomic_write_text(Path(path), pd.DataFrame(list(rows)).to_csv(index=False))
 
 
-def plot_accuracy_vs_eps(curves: Mapping[str, pd.DataFrame], metric: str, path: str | Path,
-                         title: str | None = None) -> Path:
+def plot_accuracy_vs_eps(
+    curves: Mapping[str, pd.DataFrame], metric: str, path: str | Path, title: str | None = None
+) -> Path:
     """One line per attack of ``metric`` (top1/top5) against eps, log-scale eps axis.
 
     The clean accuracy (eps = 0, which a log axis cannot show) is a dashed line.
@@ -119,10 +120,16 @@ def amplified(eta: np.ndarray) -> tuple[np.ndarray, float]:
     return eta / (2 * peak) + 0.5, 0.5 / peak
 
 
-def adversarial_figure(originals: np.ndarray, adversarials: Sequence[np.ndarray],
-                       epsilons: Sequence[float], clean_titles: Sequence[str],
-                       adv_titles: Sequence[Sequence[str]], path: str | Path,
-                       attack: str, title: str | None = None) -> Path:
+def adversarial_figure(
+    originals: np.ndarray,
+    adversarials: Sequence[np.ndarray],
+    epsilons: Sequence[float],
+    clean_titles: Sequence[str],
+    adv_titles: Sequence[Sequence[str]],
+    path: str | Path,
+    attack: str,
+    title: str | None = None,
+) -> Path:
     """The proposal's Figure 4, one column block per image.
 
     Row 0 shows each original once; then one row per eps with the perturbation
@@ -145,13 +152,19 @@ def adversarial_figure(originals: np.ndarray, adversarials: Sequence[np.ndarray]
         ax.axis("off")
 
     for i in range(n):
-        panel(grid[0, 2 * i:2 * i + 2], originals[i], f"original\n{clean_titles[i]}")
+        panel(grid[0, 2 * i : 2 * i + 2], originals[i], f"original\n{clean_titles[i]}")
         for j, eps in enumerate(epsilons):
             shown, gain = amplified(adversarials[j][i] - originals[i])
-            panel(grid[1 + j, 2 * i], shown,
-                  f"ε = {eps:g}: perturbation\n" + (f"(×{gain:.0f})" if gain else "(none)"))
-            panel(grid[1 + j, 2 * i + 1], adversarials[j][i],
-                  f"{attack}, ε = {eps:g}\n{adv_titles[j][i]}")
+            panel(
+                grid[1 + j, 2 * i],
+                shown,
+                f"ε = {eps:g}: perturbation\n" + (f"(×{gain:.0f})" if gain else "(none)"),
+            )
+            panel(
+                grid[1 + j, 2 * i + 1],
+                adversarials[j][i],
+                f"{attack}, ε = {eps:g}\n{adv_titles[j][i]}",
+            )
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -162,18 +175,27 @@ def _pct(v) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
 
-def defense_table(evals: Mapping[str, Mapping], trains: Mapping[str, Mapping],
-                  labels: Mapping[str, str], attacks: Sequence[str], eps: float
-                  ) -> pd.DataFrame:
+def defense_table(
+    evals: Mapping[str, Mapping],
+    trains: Mapping[str, Mapping],
+    labels: Mapping[str, str],
+    attacks: Sequence[str],
+    eps: float,
+) -> pd.DataFrame:
     """The final table: one row per defense model; top-1 in % at ``eps`` (white-box and
     transfer from the clean head), DeepFool ρ₂, n per split and the masking checks."""
     key = f"{eps:g}"
     rows = []
     for name, ev in evals.items():
         tr = trains.get(name, {})
-        row = {"model": name, "description": labels.get(name, name),
-               "n_train": tr.get("n_train"), "n_val": tr.get("n_val"), "n_test": ev["n_images"],
-               "clean": ev["clean_top1"]}
+        row = {
+            "model": name,
+            "description": labels.get(name, name),
+            "n_train": tr.get("n_train"),
+            "n_val": tr.get("n_val"),
+            "n_test": ev["n_images"],
+            "clean": ev["clean_top1"],
+        }
         for a in attacks:
             row[a] = ev["whitebox"].get(a, {}).get(key)
         for a in attacks:
@@ -189,27 +211,36 @@ def defense_table(evals: Mapping[str, Mapping], trains: Mapping[str, Mapping],
     return pd.DataFrame(rows)
 
 
-def defense_markdown(table: pd.DataFrame, attacks: Sequence[str], eps: float,
-                     smoke: bool, notes: Sequence[str] = ()) -> str:
+def defense_markdown(
+    table: pd.DataFrame, attacks: Sequence[str], eps: float, smoke: bool, notes: Sequence[str] = ()
+) -> str:
     """The table as Markdown (top-1 in %), with a smoke-run warning when it applies."""
     lines = [f"# Defense results (top-1 %, ε = {eps:g} ≈ {eps * 255:.0f}/255)", ""]
     if smoke:
-        lines += ["> **Smoke run.** These models were trained and tested on a handful of images "
-                  "(see n_train / n_test): the numbers show that every stage runs, not how "
-                  "robust anything is. The README publishes the real-data results.", ""]
-    head = (["model", "n train/val/test", "clean"] + [f"{a}" for a in attacks]
-            + [f"transfer {a}" for a in attacks] + ["DeepFool success", "ρ₂", "label leaking",
-                                                   "masking checks"])
+        lines += [
+            "> **Smoke run.** These models were trained and tested on a handful of images "
+            "(see n_train / n_test): the numbers show that every stage runs, not how "
+            "robust anything is. The README publishes the real-data results.",
+            "",
+        ]
+    head = (
+        ["model", "n train/val/test", "clean"]
+        + [f"{a}" for a in attacks]
+        + [f"transfer {a}" for a in attacks]
+        + ["DeepFool success", "ρ₂", "label leaking", "masking checks"]
+    )
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
         cells = [f"{r['model']}", f"{r['n_train']}/{r['n_val']}/{r['n_test']}", _pct(r["clean"])]
         cells += [_pct(r[a]) for a in attacks]
         cells += [_pct(r[f"transfer_{a}"]) for a in attacks]
         rho = r["rho2"]
-        cells += [_pct(r["deepfool_success"]),
-                  "–" if rho is None or (isinstance(rho, float) and math.isnan(rho)) else f"{rho:.2e}",
-                  "–" if r["label_leaking"] is None else ("yes" if r["label_leaking"] else "no"),
-                  r["masking_checks"]]
+        cells += [
+            _pct(r["deepfool_success"]),
+            "–" if rho is None or (isinstance(rho, float) and math.isnan(rho)) else f"{rho:.2e}",
+            "–" if r["label_leaking"] is None else ("yes" if r["label_leaking"] else "no"),
+            r["masking_checks"],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     flagged = table[table["masking_flags"] != ""]
     if len(flagged):
@@ -219,8 +250,9 @@ def defense_markdown(table: pd.DataFrame, attacks: Sequence[str], eps: float,
     return "\n".join(lines).rstrip() + "\n"
 
 
-def plot_defense_curves(curves: pd.DataFrame, attack: str, path: str | Path,
-                        title: str | None = None) -> Path:
+def plot_defense_curves(
+    curves: pd.DataFrame, attack: str, path: str | Path, title: str | None = None
+) -> Path:
     """White-box top-1 vs ε for one attack, one line per defense model (log ε axis)."""
     import matplotlib
 

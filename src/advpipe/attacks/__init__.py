@@ -13,8 +13,25 @@ from .rfgsm import RFGSM
 from .step_ll import StepLL
 from .sweep import SweepResult, sweep
 
-__all__ = ["Attack", "FGM", "FGSM", "PGD", "RFGSM", "StepLL", "LossGradient",
-           "Prepared", "ATTACKS", "ONE_STEP_NAMES", "ITERATIVE_NAMES",
-           "attack_class", "make_attack", "sweep",
-           "SweepResult", "deepfool", "DeepFoolResult", "deepfool_tf", "make_deepfool",
-           "deepfool_foolbox"]
+__all__ = [
+    "Attack",
+    "FGM",
+    "FGSM",
+    "PGD",
+    "RFGSM",
+    "StepLL",
+    "LossGradient",
+    "Prepared",
+    "ATTACKS",
+    "ONE_STEP_NAMES",
+    "ITERATIVE_NAMES",
+    "attack_class",
+    "make_attack",
+    "sweep",
+    "SweepResult",
+    "deepfool",
+    "DeepFoolResult",
+    "deepfool_tf",
+    "make_deepfool",
+    "deepfool_foolbox",
+]

@@ -19,8 +19,9 @@ so the noise differs at every training step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -36,8 +37,10 @@ class LossGradient:
     """Compiled ``(logits, dJ/dx)`` for the summed softmax cross-entropy of a model."""
 
     def __init__(self, model):
-        self._fn = tf.function(lambda x, y: core.loss_gradient(model, x, y),
-                               input_signature=[image_spec(model), tf.TensorSpec([None], tf.int64)])
+        self._fn = tf.function(
+            lambda x, y: core.loss_gradient(model, x, y),
+            input_signature=[image_spec(model), tf.TensorSpec([None], tf.int64)],
+        )
 
     def __call__(self, x, y):
         return self._fn(tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.int64))
@@ -81,12 +84,14 @@ class Attack:
         eps = tf.TensorSpec([], tf.float32)
         labels_spec = tf.TensorSpec([None], tf.int64)
         if self.reuses_gradient:
-            self._direction_c = tf.function(self._direction_with_labels,
-                                            input_signature=[spec, labels_spec])
+            self._direction_c = tf.function(
+                self._direction_with_labels, input_signature=[spec, labels_spec]
+            )
             self._step_c = tf.function(core.step, input_signature=[spec, spec, eps])
         else:
-            self._generate_c = tf.function(self.generate,
-                                           input_signature=[spec, labels_spec, eps, SEED_SPEC])
+            self._generate_c = tf.function(
+                self.generate, input_signature=[spec, labels_spec, eps, SEED_SPEC]
+            )
 
     # -- the pure-TensorFlow entry point ------------------------------------------------
     def attack_labels(self, x, y, logits=None):

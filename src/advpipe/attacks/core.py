@@ -28,7 +28,8 @@ def loss_gradient(model, x, y):
         tape.watch(x)
         logits = model(x, training=False)
         loss = tf.reduce_sum(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        )
     return logits, tape.gradient(loss, x)
 
 
@@ -48,6 +49,7 @@ def step(x, direction, eps):
 # ------------------------------------------------------------------ directions
 # What a one-step attack adds to x per unit of ε. They depend on x and the labels
 # only, so an ε sweep computes them once per batch and reuses them for every ε.
+
 
 def fgsm_direction(model, x, y):
     """FGSM, eq. (2): sign(∇ₓJ(x, y)). Returns ``(clean logits, direction)``."""

@@ -22,14 +22,13 @@ from ``(seed, first image index)``, so results do not depend on earlier batches.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from ..inference import compiled_forward, iterate_batches
-
 from ..metrics import Timer
 from .registry import DECISION_ATTACKS
 
@@ -47,8 +46,9 @@ def _label_only(x, one_hot):
     """``one_hot`` as an output of ``x`` whose gradient raises (the attack must not ask)."""
 
     def grad(dy):
-        raise GradientRequestError("a decision-based attack asked the label-only model for a "
-                                   "gradient")
+        raise GradientRequestError(
+            "a decision-based attack asked the label-only model for a gradient"
+        )
 
     return tf.identity(one_hot), grad
 
@@ -70,7 +70,7 @@ class LabelOnlyModel(_foolbox_model_base()):
         self._forward = compiled_forward(model)
         self.num_classes = int(model.output_shape[-1])
         self.max_queries = max_queries
-        self.queries = 0          # images (rows) the target was asked about
+        self.queries = 0  # images (rows) the target was asked about
         self.calls = 0
         self._originals = None
 
@@ -85,10 +85,10 @@ class LabelOnlyModel(_foolbox_model_base()):
         self._originals = np.asarray(originals, np.float32).reshape(len(originals), -1)
         self._labels = np.asarray(labels, np.int64)
         n = len(originals)
-        self.per_image = 0                       # queries each image has had
+        self.per_image = 0  # queries each image has had
         self.best_l2 = np.full(n, np.inf)
         self.best = np.array(originals, np.float32, copy=True)
-        self.history: list[np.ndarray] = []      # best_l2 after each query per image
+        self.history: list[np.ndarray] = []  # best_l2 after each query per image
 
     def __call__(self, inputs):
         import eagerpy as ep
@@ -97,8 +97,9 @@ class LabelOnlyModel(_foolbox_model_base()):
         raw = x.raw
         n = int(raw.shape[0])
         if self._originals is not None and n != len(self._originals):
-            raise ValueError(f"label-only model tracks {len(self._originals)} images, "
-                             f"got a query of {n}")
+            raise ValueError(
+                f"label-only model tracks {len(self._originals)} images, got a query of {n}"
+            )
         if self.max_queries is not None and self._per_image_after(n) > self.max_queries:
             raise QueryBudgetExhausted(f"query budget {self.max_queries} reached")
         labels = tf.argmax(self._forward(tf.convert_to_tensor(raw, tf.float32)), axis=1)
@@ -131,9 +132,12 @@ def make_decision_attack(name: str, *, max_gradient_evals: int = 100):
 
     init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=50)
     if name == "hopskipjump":
-        return fb.attacks.HopSkipJumpAttack(init_attack=init, steps=100000,
-                                            initial_gradient_eval_steps=min(100, max_gradient_evals),
-                                            max_gradient_eval_steps=max_gradient_evals)
+        return fb.attacks.HopSkipJumpAttack(
+            init_attack=init,
+            steps=100000,
+            initial_gradient_eval_steps=min(100, max_gradient_evals),
+            max_gradient_eval_steps=max_gradient_evals,
+        )
     if name == "boundary":
         return fb.attacks.BoundaryAttack(init_attack=init, steps=10**9)
     raise ValueError(f"unknown decision-based attack '{name}'; choose one of {DECISION_ATTACKS}")
@@ -143,10 +147,10 @@ def make_decision_attack(name: str, *, max_gradient_evals: int = 100):
 class DecisionResult:
     attack: str
     budgets: list[int]
-    history: np.ndarray        # [max budget, N]: best ||r||_2 after q queries (inf: none yet)
-    queries: int               # queries the label-only model answered, all images
+    history: np.ndarray  # [max budget, N]: best ||r||_2 after q queries (inf: none yet)
+    queries: int  # queries the label-only model answered, all images
     calls: int
-    best: np.ndarray           # the best adversarials at the largest budget
+    best: np.ndarray  # the best adversarials at the largest budget
     seconds: float
 
     def at_budget(self, budget: int) -> np.ndarray:
@@ -163,18 +167,29 @@ class DecisionResult:
         l2 = self.at_budget(budget)
         ok = np.isfinite(l2)
         mean = lambda a: float(a.mean()) if len(a) else float("nan")  # noqa: E731
-        out = {"queries": int(budget), "success_rate": mean(ok),
-               "l2_median": float(np.median(l2[ok])) if ok.any() else float("nan"),
-               "l2_median_all": float(np.median(l2)) if len(l2) else float("nan")}
+        out = {
+            "queries": int(budget),
+            "success_rate": mean(ok),
+            "l2_median": float(np.median(l2[ok])) if ok.any() else float("nan"),
+            "l2_median_all": float(np.median(l2)) if len(l2) else float("nan"),
+        }
         if l2_threshold is not None:
             out["success_rate_within_l2"] = mean(l2 <= l2_threshold)
         return out
 
 
-def decision_attack(model, images: np.ndarray, labels: np.ndarray, *, attack: str = "hopskipjump",
-                    budgets: Sequence[int], seed: int = 0, batch_size: int = 10,
-                    max_gradient_evals: int = 100,
-                    progress: Callable[[str], None] | None = None) -> DecisionResult:
+def decision_attack(
+    model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    attack: str = "hopskipjump",
+    budgets: Sequence[int],
+    seed: int = 0,
+    batch_size: int = 10,
+    max_gradient_evals: int = 100,
+    progress: Callable[[str], None] | None = None,
+) -> DecisionResult:
     """Run ``attack`` label-only against ``model`` up to ``max(budgets)`` queries per image.
 
     ``labels``: the labels whose change counts as success (the true labels of images
@@ -195,8 +210,9 @@ def decision_attack(model, images: np.ndarray, labels: np.ndarray, *, attack: st
         with timer:
             tf.random.set_seed(int(seed) * 1_000_003 + start)
             try:
-                fb_attack.run(target, tf.constant(x), fb.criteria.Misclassification(
-                    tf.constant(y, tf.int64)))
+                fb_attack.run(
+                    target, tf.constant(x), fb.criteria.Misclassification(tf.constant(y, tf.int64))
+                )
             except QueryBudgetExhausted:
                 pass
             except ValueError as exc:  # the starting-point search failed for some image
@@ -212,15 +228,18 @@ def decision_attack(model, images: np.ndarray, labels: np.ndarray, *, attack: st
         queries += target.queries
         calls += target.calls
         done = start + len(x)
-        say(f"[{attack}] {done}/{len(images)} images, {target.per_image} queries each, "
-            f"{timer.seconds:.0f} s")
+        say(
+            f"[{attack}] {done}/{len(images)} images, {target.per_image} queries each, "
+            f"{timer.seconds:.0f} s"
+        )
     history = np.concatenate(histories, axis=1) if histories else np.zeros((budget, 0))
     best = np.concatenate(bests) if bests else np.zeros((0,), np.float32)
     return DecisionResult(attack, budgets, history, queries, calls, best, timer.seconds)
 
 
-def first_correct(model, images: np.ndarray, labels: np.ndarray, n: int,
-                  batch_size: int = 32) -> np.ndarray:
+def first_correct(
+    model, images: np.ndarray, labels: np.ndarray, n: int, batch_size: int = 32
+) -> np.ndarray:
     """Indices of the first ``n`` images ``model`` classifies correctly (attack-set order)."""
     forward = compiled_forward(model)
     keep = []

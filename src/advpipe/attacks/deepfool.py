@@ -28,24 +28,31 @@ Distances are L2 in [0, 1] pixel space.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
 from ..inference import compiled_forward, image_spec, iterate_batches
-
 from ..metrics import Timer, rho2, topk_hits
 
 JACOBIAN_MODES = ("loop", "batch")
 
 
-def deepfool_tf(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, *, steps: int = 50,
-                candidates: int | None = 10, overshoot: float = 0.02,
-                differentiable: bool = False, targets: tf.Tensor | None = None,
-                clean_logits: tf.Tensor | None = None, jacobian: str = "loop",
-                return_info: bool = False):
+def deepfool_tf(
+    model_fn: Callable[[tf.Tensor], tf.Tensor],
+    x: tf.Tensor,
+    *,
+    steps: int = 50,
+    candidates: int | None = 10,
+    overshoot: float = 0.02,
+    differentiable: bool = False,
+    targets: tf.Tensor | None = None,
+    clean_logits: tf.Tensor | None = None,
+    jacobian: str = "loop",
+    return_info: bool = False,
+):
     """Batched L2 DeepFool in pure TensorFlow. Returns ``(x_adv, r_total)``.
 
     ``model_fn``: images (N, ...) in [0, 1] -> logits (N, C), e.g.
@@ -87,15 +94,14 @@ def deepfool_tf(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, *, ste
     k = num_classes if candidates is None else min(int(candidates), num_classes)
     if k < 2:
         raise ValueError(f"DeepFool needs at least 2 candidate classes, got {k}")
-    top = tf.math.top_k(clean_logits, k=k).indices          # (N, k), descending
-    ref = top[:, 0]                                          # = argmax = the prediction
-    cand = top[:, 1:]                                        # (N, k - 1)
+    top = tf.math.top_k(clean_logits, k=k).indices  # (N, k), descending
+    ref = top[:, 0]  # = argmax = the prediction
+    cand = top[:, 1:]  # (N, k - 1)
     targeted = None
     if targets is not None:
         targets = tf.cast(tf.convert_to_tensor(targets), tf.int32)
         targeted = targets >= 0
-        cand = tf.where(targeted[:, None], tf.broadcast_to(targets[:, None], tf.shape(cand)),
-                        cand)
+        cand = tf.where(targeted[:, None], tf.broadcast_to(targets[:, None], tf.shape(cand)), cand)
 
     def finished(logits, ref_, targets_=None, targeted_=None):
         pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
@@ -123,32 +129,36 @@ def deepfool_tf(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, *, ste
             tape.watch(xa)
             logits = model_fn(xa)
             f_ref = tf.gather(logits, ref_a, batch_dims=1)
-            diff = tf.gather(logits, cand_a, batch_dims=1) - f_ref[:, None]   # (m, k - 1)
+            diff = tf.gather(logits, cand_a, batch_dims=1) - f_ref[:, None]  # (m, k - 1)
             if jacobian == "loop":
                 cols = [diff[:, j] for j in range(k - 1)]
         if jacobian == "batch":
-            w = tape.batch_jacobian(diff, xa)                    # (m, k - 1, *image)
+            w = tape.batch_jacobian(diff, xa)  # (m, k - 1, *image)
         else:
             w = tf.stack([tape.gradient(c, xa) for c in cols], axis=1)
             del tape
         m = tf.shape(w)[0]
-        w_norm = tf.norm(tf.reshape(w, [m, k - 1, -1]), axis=-1)              # (m, k - 1)
+        w_norm = tf.norm(tf.reshape(w, [m, k - 1, -1]), axis=-1)  # (m, k - 1)
         dist = tf.abs(diff) / (w_norm + eps8)
         best = tf.argmin(dist, axis=1, output_type=tf.int32)
         d = tf.gather(dist, best, batch_dims=1) + eps4
-        w_best = tf.gather(w, best, batch_dims=1)                              # (m, *image)
+        w_best = tf.gather(w, best, batch_dims=1)  # (m, *image)
         coef = d / (tf.gather(w_norm, best, batch_dims=1) + eps8)
         step = tf.reshape(coef, [-1] + [1] * img_rank) * w_best
         r_new = sg(tf.gather(r_sum, idx) + step)
         x_new = tf.clip_by_value(tf.gather(x0, idx) + scale * r_new, tf.zeros([], dtype), one)
         # the prediction at the new point decides who goes on (no gradient needed here)
-        done = finished(model_fn(tf.stop_gradient(x_new)), ref_a,
-                        None if targeted is None else tf.gather(targets, idx),
-                        None if targeted is None else tf.gather(targeted, idx))
+        done = finished(
+            model_fn(tf.stop_gradient(x_new)),
+            ref_a,
+            None if targeted is None else tf.gather(targets, idx),
+            None if targeted is None else tf.gather(targeted, idx),
+        )
         chosen = tf.gather(cand_a, best, batch_dims=1)
         n_steps = tf.tensor_scatter_nd_add(n_steps, rows, tf.ones_like(chosen))
         choices = tf.tensor_scatter_nd_update(
-            choices, tf.stack([idx, tf.fill(tf.shape(idx), tf.cast(i, tf.int64))], axis=1), chosen)
+            choices, tf.stack([idx, tf.fill(tf.shape(idx), tf.cast(i, tf.int64))], axis=1), chosen
+        )
         r_sum = tf.tensor_scatter_nd_update(r_sum, rows, r_new)
         x_adv = tf.tensor_scatter_nd_update(x_adv, rows, x_new)
         active = tf.tensor_scatter_nd_update(active, rows, tf.logical_not(done))
@@ -158,10 +168,17 @@ def deepfool_tf(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, *, ste
         return tf.logical_and(i < steps, tf.reduce_any(active))
 
     n = tf.shape(x)[0]
-    start = (tf.constant(0), x0, tf.zeros_like(x0), active, tf.zeros([n], tf.int32),
-             tf.fill([n, steps], tf.constant(-1, tf.int32)))
+    start = (
+        tf.constant(0),
+        x0,
+        tf.zeros_like(x0),
+        active,
+        tf.zeros([n], tf.int32),
+        tf.fill([n, steps], tf.constant(-1, tf.int32)),
+    )
     _, x_adv, r_sum, active, n_steps, choices = tf.while_loop(
-        cond, body, start, maximum_iterations=steps)
+        cond, body, start, maximum_iterations=steps
+    )
     r_total = scale * r_sum
     if not differentiable:
         x_adv, r_total = tf.stop_gradient(x_adv), tf.stop_gradient(r_total)
@@ -171,8 +188,14 @@ def deepfool_tf(model_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, *, ste
     return x_adv, r_total, info
 
 
-def make_deepfool(model, *, steps: int = 50, candidates: int | None = 10,
-                  overshoot: float = 0.02, jacobian: str = "loop"):
+def make_deepfool(
+    model,
+    *,
+    steps: int = 50,
+    candidates: int | None = 10,
+    overshoot: float = 0.02,
+    jacobian: str = "loop",
+):
     """:func:`deepfool_tf` compiled once for ``model`` (free batch dimension, evaluation mode).
 
     Returns a ``tf.function`` ``f(x, targets) -> (x_adv, r_total, clean_logits, adv_logits)``;
@@ -184,9 +207,16 @@ def make_deepfool(model, *, steps: int = 50, candidates: int | None = 10,
     @tf.function(input_signature=[image_spec(model), tf.TensorSpec([None], tf.int64)])
     def run(x, targets):
         logits = model_fn(x)
-        x_adv, r_total = deepfool_tf(model_fn, x, steps=steps, candidates=candidates,
-                                     overshoot=overshoot, targets=targets, clean_logits=logits,
-                                     jacobian=jacobian)
+        x_adv, r_total = deepfool_tf(
+            model_fn,
+            x,
+            steps=steps,
+            candidates=candidates,
+            overshoot=overshoot,
+            targets=targets,
+            clean_logits=logits,
+            jacobian=jacobian,
+        )
         return x_adv, r_total, logits, model_fn(x_adv)
 
     return run
@@ -194,12 +224,12 @@ def make_deepfool(model, *, steps: int = 50, candidates: int | None = 10,
 
 @dataclass
 class DeepFoolResult:
-    adversarial: np.ndarray      # float32 [0, 1], only kept when asked for
-    success: np.ndarray          # bool: prediction changed
+    adversarial: np.ndarray  # float32 [0, 1], only kept when asked for
+    success: np.ndarray  # bool: prediction changed
     perturbation_l2: np.ndarray  # ||x' - x||_2
-    image_l2: np.ndarray         # ||x||_2
+    image_l2: np.ndarray  # ||x||_2
     clean_pred: np.ndarray
-    adv_top1: np.ndarray         # bool: true label still top-1 after the attack
+    adv_top1: np.ndarray  # bool: true label still top-1 after the attack
     adv_top5: np.ndarray
     clean_top1: np.ndarray
     clean_top5: np.ndarray
@@ -232,8 +262,9 @@ class DeepFoolResult:
 def _collect(images, labels, batch_size, attack_batch, keep_adversarial, progress, tag):
     """Run ``attack_batch(x) -> (adv, clean_logits, adv_logits)`` over batches; assemble."""
     report = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    parts: dict[str, list] = {k: [] for k in (
-        "adv", "success", "r", "x", "pred", "a1", "a5", "c1", "c5")}
+    parts: dict[str, list] = {
+        k: [] for k in ("adv", "success", "r", "x", "pred", "a1", "a5", "c1", "c5")
+    }
     timer = Timer()
     for start, x, y in iterate_batches(images, labels, batch_size):
         with timer:
@@ -252,15 +283,33 @@ def _collect(images, labels, batch_size, attack_batch, keep_adversarial, progres
         report(f"[{tag}] {done}/{len(images)} images, {done / timer.seconds:.2f} img/s")
     cat = lambda k: np.concatenate(parts[k]) if parts[k] else np.zeros(0)  # noqa: E731
     adv_all = np.concatenate(parts["adv"]) if keep_adversarial and parts["adv"] else np.zeros(0)
-    return DeepFoolResult(adv_all, cat("success").astype(bool), cat("r"), cat("x"), cat("pred"),
-                          cat("a1").astype(bool), cat("a5").astype(bool),
-                          cat("c1").astype(bool), cat("c5").astype(bool), timer.seconds)
+    return DeepFoolResult(
+        adv_all,
+        cat("success").astype(bool),
+        cat("r"),
+        cat("x"),
+        cat("pred"),
+        cat("a1").astype(bool),
+        cat("a5").astype(bool),
+        cat("c1").astype(bool),
+        cat("c5").astype(bool),
+        timer.seconds,
+    )
 
 
-def deepfool(model, images: np.ndarray, labels: np.ndarray, *, steps: int = 50,
-             candidates: int = 10, overshoot: float = 0.02, batch_size: int = 16,
-             keep_adversarial: bool = False,
-             progress: Callable[[str], None] | None = None, attack=None) -> DeepFoolResult:
+def deepfool(
+    model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    steps: int = 50,
+    candidates: int = 10,
+    overshoot: float = 0.02,
+    batch_size: int = 16,
+    keep_adversarial: bool = False,
+    progress: Callable[[str], None] | None = None,
+    attack=None,
+) -> DeepFoolResult:
     """Run our compiled DeepFool on a uint8 or [0, 1] image set; rho_2 counts successes only.
 
     ``attack``: a function from :func:`make_deepfool` to reuse (its options win over
@@ -276,20 +325,30 @@ def deepfool(model, images: np.ndarray, labels: np.ndarray, *, steps: int = 50,
     if len(images):  # trace once, outside the timed region (as the one-step sweeps do)
         attack_batch(next(iterate_batches(images[:1], labels[:1], 1))[1])
 
-    return _collect(images, labels, batch_size, attack_batch, keep_adversarial, progress,
-                    "deepfool")
+    return _collect(
+        images, labels, batch_size, attack_batch, keep_adversarial, progress, "deepfool"
+    )
 
 
-def deepfool_foolbox(model, images: np.ndarray, labels: np.ndarray, *, steps: int = 50,
-                     candidates: int = 10, overshoot: float = 0.02, batch_size: int = 16,
-                     keep_adversarial: bool = False,
-                     progress: Callable[[str], None] | None = None) -> DeepFoolResult:
+def deepfool_foolbox(
+    model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    steps: int = 50,
+    candidates: int = 10,
+    overshoot: float = 0.02,
+    batch_size: int = 16,
+    keep_adversarial: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> DeepFoolResult:
     """The reference: Foolbox's eager ``L2DeepFoolAttack`` (same options, same result type)."""
     import foolbox as fb
 
     fmodel = fb.TensorFlowModel(model, bounds=(0.0, 1.0))
-    attack = fb.attacks.L2DeepFoolAttack(steps=steps, candidates=candidates,
-                                         overshoot=overshoot, loss="logits")
+    attack = fb.attacks.L2DeepFoolAttack(
+        steps=steps, candidates=candidates, overshoot=overshoot, loss="logits"
+    )
     forward = compiled_forward(model)
 
     def attack_batch(x):
@@ -301,5 +360,6 @@ def deepfool_foolbox(model, images: np.ndarray, labels: np.ndarray, *, steps: in
         adv = clipped.numpy()
         return adv, logits, forward(tf.constant(adv)).numpy()
 
-    return _collect(images, labels, batch_size, attack_batch, keep_adversarial, progress,
-                    "deepfool-foolbox")
+    return _collect(
+        images, labels, batch_size, attack_batch, keep_adversarial, progress, "deepfool-foolbox"
+    )

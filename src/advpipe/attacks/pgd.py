@@ -18,8 +18,16 @@ from .base import Attack
 class PGD(Attack):
     name = "pgd"
 
-    def __init__(self, model, *, labels: str = "ground_truth", steps: int = 10,
-                 rel_stepsize: float = 0.25, random_start: bool = True, seed: int = 0):
+    def __init__(
+        self,
+        model,
+        *,
+        labels: str = "ground_truth",
+        steps: int = 10,
+        rel_stepsize: float = 0.25,
+        random_start: bool = True,
+        seed: int = 0,
+    ):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if rel_stepsize <= 0:
@@ -34,7 +42,11 @@ class PGD(Attack):
         if self.random_start:
             shape = tf.shape(x)[1:]
             eps_b = tf.broadcast_to(tf.cast(eps, tf.float32), tf.shape(x)[:1])
-            start = tf.map_fn(lambda a: core.uniform_start(shape, a[1], a[0]),
-                              (seeds, eps_b), fn_output_signature=tf.float32)
-        return core.pgd(self.model, x, self.attack_labels(x, y), eps, self.steps,
-                        self.rel_stepsize, start)
+            start = tf.map_fn(
+                lambda a: core.uniform_start(shape, a[1], a[0]),
+                (seeds, eps_b),
+                fn_output_signature=tf.float32,
+            )
+        return core.pgd(
+            self.model, x, self.attack_labels(x, y), eps, self.steps, self.rel_stepsize, start
+        )

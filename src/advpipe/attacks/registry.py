@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class AttackEntry:
-    module: str              # under advpipe.attacks
+    module: str  # under advpipe.attacks
     cls: str
     options: tuple[str, ...]  # constructor options (the keys of attacks.<name> in params)
     iterative: bool = False

@@ -25,25 +25,28 @@ from .base import Attack
 class RFGSM(Attack):
     name = "rfgsm"
 
-    def __init__(self, model, *, labels: str = "ground_truth", alpha_fraction: float = 0.5,
-                 seed: int = 0):
+    def __init__(
+        self, model, *, labels: str = "ground_truth", alpha_fraction: float = 0.5, seed: int = 0
+    ):
         if not 0.0 < alpha_fraction < 1.0:
-            raise ValueError(f"alpha_fraction must be in (0, 1) (alpha < eps), got {alpha_fraction}")
+            raise ValueError(
+                f"alpha_fraction must be in (0, 1) (alpha < eps), got {alpha_fraction}"
+            )
         self.alpha_fraction = float(alpha_fraction)
         super().__init__(model, labels=labels, seed=seed)
 
     def noise(self, x, seeds):
         """sign(xi) for each example of ``x`` from its seed."""
         shape = tf.shape(x)[1:]
-        return tf.map_fn(lambda s: core.noise_sign(shape, s), seeds,
-                         fn_output_signature=tf.float32)
+        return tf.map_fn(lambda s: core.noise_sign(shape, s), seeds, fn_output_signature=tf.float32)
 
     def generate(self, x, y, eps, seeds=None):
         return self.unclipped_tf(x, y, eps, seeds)[0]
 
     def unclipped_tf(self, x, y, eps, seeds):
-        return core.rfgsm(self.model, x, self.attack_labels(x, y), eps, self.noise(x, seeds),
-                          self.alpha_fraction)
+        return core.rfgsm(
+            self.model, x, self.attack_labels(x, y), eps, self.noise(x, seeds), self.alpha_fraction
+        )
 
     def unclipped(self, prepared, epsilon) -> tuple[tf.Tensor, tf.Tensor]:
         """(clipped x', the perturbation eta before clipping) for one eps."""

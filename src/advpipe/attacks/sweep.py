@@ -9,13 +9,12 @@ the number of images.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
 from ..inference import iterate_batches
-
 from ..metrics import Timer, TopKCounter
 from .base import Attack
 
@@ -56,9 +55,14 @@ class SweepResult:
         return rows
 
 
-def sweep(attack: Attack, images: np.ndarray, labels: np.ndarray,
-          epsilons: Sequence[float], batch_size: int = 32,
-          progress: Callable[[str], None] | None = None) -> SweepResult:
+def sweep(
+    attack: Attack,
+    images: np.ndarray,
+    labels: np.ndarray,
+    epsilons: Sequence[float],
+    batch_size: int = 32,
+    progress: Callable[[str], None] | None = None,
+) -> SweepResult:
     """Accuracy of ``attack.model`` on adversarial versions of ``images`` for every epsilon.
 
     ``images``: uint8 (N, H, W, 3) or float [0, 1]; ``labels``: true class indices.
@@ -79,7 +83,15 @@ def sweep(attack: Attack, images: np.ndarray, labels: np.ndarray,
             for e in epsilons:
                 adv[e].update(attack.forward(attack.perturb(prepared, e)).numpy(), y)
         done = start + len(x)
-        report(f"[{attack.name}] {done}/{n} images, {len(epsilons)} eps, "
-               f"{done / timer.seconds:.2f} img/s")
-    return SweepResult(attack.name, epsilons, clean.as_dict(),
-                       {e: c.as_dict() for e, c in adv.items()}, n, timer.seconds)
+        report(
+            f"[{attack.name}] {done}/{n} images, {len(epsilons)} eps, "
+            f"{done / timer.seconds:.2f} img/s"
+        )
+    return SweepResult(
+        attack.name,
+        epsilons,
+        clean.as_dict(),
+        {e: c.as_dict() for e, c in adv.items()},
+        n,
+        timer.seconds,
+    )

@@ -22,14 +22,13 @@ masking or of a too-weak white-box attack, Carlini et al. 2019).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from ..inference import compiled_forward, iterate_batches
-
 from ..metrics import Timer, topk_hits
 
 DEEPFOOL_KEY = "deepfool"
@@ -44,7 +43,7 @@ class TransferResult:
     models: list[str]
     attacks: list[str]
     epsilons: list[float]
-    clean_correct: dict[str, np.ndarray]                   # model -> bool [N]
+    clean_correct: dict[str, np.ndarray]  # model -> bool [N]
     # (attack, eps key, source, target) -> bool [N]: target still right after the attack
     correct: dict[tuple[str, str, str, str], np.ndarray]
     deepfool_l2: dict[str, float] = field(default_factory=dict)  # source -> median ||r||_2
@@ -72,9 +71,18 @@ class TransferResult:
 
     def rows(self) -> list[dict]:
         """One CSV row per cell (for ``dvc plots`` and the README tables)."""
-        return [{"attack": a, "eps": e, "source": s, "target": t,
-                 "whitebox": s == t, "top1": self.top1(a, e, s, t),
-                 "fooling_rate": self.fooling_rate(a, e, s, t)} for a, e, s, t in self.cells()]
+        return [
+            {
+                "attack": a,
+                "eps": e,
+                "source": s,
+                "target": t,
+                "whitebox": s == t,
+                "top1": self.top1(a, e, s, t),
+                "fooling_rate": self.fooling_rate(a, e, s, t),
+            }
+            for a, e, s, t in self.cells()
+        ]
 
     def matrix(self, attack: str, eps: str, value: str = "top1") -> np.ndarray:
         """``[source, target]`` array of ``top1`` or ``fooling_rate`` for one attack and ε."""
@@ -90,17 +98,30 @@ class TransferResult:
 
     def to_metrics(self) -> dict:
         n = len(next(iter(self.clean_correct.values()))) if self.clean_correct else 0
-        out: dict = {"n_images": n, "models": self.models,
-                     "clean_top1": {m: float(np.mean(c)) for m, c in self.clean_correct.items()},
-                     "attacks": {}}
+        out: dict = {
+            "n_images": n,
+            "models": self.models,
+            "clean_top1": {m: float(np.mean(c)) for m, c in self.clean_correct.items()},
+            "attacks": {},
+        }
         for a in self.attacks:
             out["attacks"][a] = {
-                e: {"mean_transfer_top1": self.mean_transfer(a, e),
+                e: {
+                    "mean_transfer_top1": self.mean_transfer(a, e),
                     "mean_transfer_fooling_rate": self.mean_transfer(a, e, "fooling_rate"),
-                    "cells": {s: {t: {"top1": self.top1(a, e, s, t),
-                                      "fooling_rate": self.fooling_rate(a, e, s, t)}
-                                  for t in self.models} for s in self.models}}
-                for e in self.eps_keys(a)}
+                    "cells": {
+                        s: {
+                            t: {
+                                "top1": self.top1(a, e, s, t),
+                                "fooling_rate": self.fooling_rate(a, e, s, t),
+                            }
+                            for t in self.models
+                        }
+                        for s in self.models
+                    },
+                }
+                for e in self.eps_keys(a)
+            }
         if self.deepfool_l2:
             out["deepfool_median_l2"] = dict(self.deepfool_l2)
         flags = whitebox_flags(self)
@@ -111,8 +132,15 @@ class TransferResult:
 def flagged_cells(result: TransferResult, attack: str, eps: str) -> np.ndarray:
     """``[source, target]`` booleans: white-box top-1 of the target > transfer top-1 to it."""
     names = result.models
-    return np.array([[s != t and result.top1(attack, eps, t, t) > result.top1(attack, eps, s, t)
-                      for t in names] for s in names])
+    return np.array(
+        [
+            [
+                s != t and result.top1(attack, eps, t, t) > result.top1(attack, eps, s, t)
+                for t in names
+            ]
+            for s in names
+        ]
+    )
 
 
 def whitebox_flags(result: TransferResult) -> list[str]:
@@ -124,23 +152,32 @@ def whitebox_flags(result: TransferResult) -> list[str]:
         white = result.top1(a, e, t, t)
         transfer = result.top1(a, e, s, t)
         if white > transfer:
-            flags.append(f"{a} eps {e}: white-box top-1 of {t} {white:.3f} > transfer "
-                         f"from {s} {transfer:.3f}")
+            flags.append(
+                f"{a} eps {e}: white-box top-1 of {t} {white:.3f} > transfer "
+                f"from {s} {transfer:.3f}"
+            )
     return flags
 
 
-def transfer_matrix(models: Mapping[str, object], build: Callable[[str, object], object],
-                    images: np.ndarray, labels: np.ndarray, *, attacks: Sequence[str],
-                    epsilons: Sequence[float], batch_size: int = 32,
-                    deepfool: Callable | None = None,
-                    progress: Callable[[str], None] | None = None) -> TransferResult:
+def transfer_matrix(
+    models: Mapping[str, object],
+    build: Callable[[str, object], object],
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    attacks: Sequence[str],
+    epsilons: Sequence[float],
+    batch_size: int = 32,
+    deepfool: Callable | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> TransferResult:
     """Every source × target × attack × ε top-1 on ``(images, labels)``.
 
     ``models``: name -> Keras model, all reading the same image size (see
     :mod:`advpipe.models.native_size`). ``build(attack_name, model)`` returns an ε-attack
-    on ``model`` (e.g. :func:`advpipe.attacks.registry.make_attack` with fixed options). ``deepfool(model,
-    images, labels) -> DeepFoolResult`` (adversarials kept) runs DeepFool when ``"deepfool"`` is in
-    ``attacks``. Labels are the true labels (int64).
+    on ``model`` (e.g. :func:`advpipe.attacks.registry.make_attack` with fixed options).
+    ``deepfool(model, images, labels) -> DeepFoolResult`` (adversarials kept) runs DeepFool
+    when ``"deepfool"`` is in ``attacks``. Labels are the true labels (int64).
     """
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     names = list(models)
@@ -171,25 +208,33 @@ def transfer_matrix(models: Mapping[str, object], build: Callable[[str, object],
                         adv = attack.perturb(prepared, e)
                         for target in names:
                             add((a, eps_key(e), source, target), forwards[target](adv).numpy(), y)
-            say(f"[transfer] source {source}: {start + len(x)}/{len(images)} images, "
+            say(
+                f"[transfer] source {source}: {start + len(x)}/{len(images)} images, "
                 f"{len(built)} attacks x {len(epsilons)} eps x {len(names)} targets, "
-                f"{timer.seconds:.0f} s")
+                f"{timer.seconds:.0f} s"
+            )
         if DEEPFOOL_KEY in attacks:
             if deepfool is None:
                 raise ValueError("attack 'deepfool' needs the deepfool callable")
             with timer:
                 res = deepfool(models[source], images, labels)
                 adv_all = np.asarray(res.adversarial, np.float32)
-                for start, adv, y in iterate_batches(adv_all, labels, batch_size):
+                for _start, adv, y in iterate_batches(adv_all, labels, batch_size):
                     for target in names:
-                        add((DEEPFOOL_KEY, DEEPFOOL_KEY, source, target),
-                            forwards[target](tf.constant(adv)).numpy(), y)
+                        add(
+                            (DEEPFOOL_KEY, DEEPFOOL_KEY, source, target),
+                            forwards[target](tf.constant(adv)).numpy(),
+                            y,
+                        )
                 ok = np.asarray(res.success, bool)
-                df_l2[source] = (float(np.median(res.perturbation_l2[ok])) if ok.any()
-                                 else float("nan"))
+                df_l2[source] = (
+                    float(np.median(res.perturbation_l2[ok])) if ok.any() else float("nan")
+                )
             say(f"[transfer] source {source}: deepfool done, {timer.seconds:.0f} s")
         seconds[source] = round(timer.seconds, 2)
     correct = {k: np.concatenate(v).astype(bool) for k, v in parts.items()}
-    clean = {m: np.concatenate(v).astype(bool) if v else np.zeros(0, bool)
-             for m, v in clean_parts.items()}
+    clean = {
+        m: np.concatenate(v).astype(bool) if v else np.zeros(0, bool)
+        for m, v in clean_parts.items()
+    }
     return TransferResult(names, list(attacks), epsilons, clean, correct, df_l2, seconds)

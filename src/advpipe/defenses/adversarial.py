@@ -21,7 +21,8 @@ from .loop import correct, cross_entropy
 def sample_epsilons(n, seed, stddev, maximum):
     """Per-example ε ~ N(0, σ²) truncated to [0, ε_max], from a stateless seed ([2] int)."""
     return tf.random.stateless_parameterized_truncated_normal(
-        tf.reshape(n, [1]), seed=seed, means=0.0, stddevs=stddev, minvals=0.0, maxvals=maximum)
+        tf.reshape(n, [1]), seed=seed, means=0.0, stddevs=stddev, minvals=0.0, maxvals=maximum
+    )
 
 
 def kurakin_loss(clean_ce, adv_ce, lam):
@@ -34,8 +35,16 @@ def kurakin_loss(clean_ce, adv_ce, lam):
 class AdversarialTraining:
     """The loss of eq. (9) with examples from ``attack`` (an :class:`advpipe.attacks.Attack`)."""
 
-    def __init__(self, attack, *, adversarial_fraction: float = 0.5, lam: float = 0.3,
-                 eps_stddev: float = 8 / 255, eps_max: float = 16 / 255, seed: int = 0):
+    def __init__(
+        self,
+        attack,
+        *,
+        adversarial_fraction: float = 0.5,
+        lam: float = 0.3,
+        eps_stddev: float = 8 / 255,
+        eps_max: float = 16 / 255,
+        seed: int = 0,
+    ):
         if not 0.0 <= adversarial_fraction <= 1.0:
             raise ValueError(f"adversarial_fraction must be in [0, 1], got {adversarial_fraction}")
         self.attack = attack
@@ -53,8 +62,9 @@ class AdversarialTraining:
         context = tf.distribute.get_replica_context()
         replica = tf.cast(context.replica_id_in_sync_group if context else 0, tf.int64)
         base = tf.cast(step, tf.int64) * 1024 + replica  # fresh ε and noise at every step
-        eps = sample_epsilons(k, tf.stack([tf.constant(self.seed, tf.int64), base]),
-                              self.eps_stddev, self.eps_max)
+        eps = sample_epsilons(
+            k, tf.stack([tf.constant(self.seed, tf.int64), base]), self.eps_stddev, self.eps_max
+        )
         index = base * 100_000 + tf.range(tf.cast(k, tf.int64))
         seeds = tf.stack([tf.fill([k], tf.constant(self.seed + 1, tf.int64)), index], axis=1)
         return k, eps, seeds
@@ -72,8 +82,12 @@ class AdversarialTraining:
         adv_ce = cross_entropy(y[:k], adv_logits)
         clean_ce = cross_entropy(y[k:], clean_logits)
         loss = kurakin_loss(clean_ce, adv_ce, self.lam)
-        stats = {"loss_sum": loss * tf.cast(m, tf.float32), "n": tf.cast(m, tf.float32),
-                 "clean_correct": correct(y[k:], clean_logits),
-                 "clean_n": tf.cast(m - k, tf.float32),
-                 "adv_correct": correct(y[:k], adv_logits), "adv_n": tf.cast(k, tf.float32)}
+        stats = {
+            "loss_sum": loss * tf.cast(m, tf.float32),
+            "n": tf.cast(m, tf.float32),
+            "clean_correct": correct(y[k:], clean_logits),
+            "clean_n": tf.cast(m - k, tf.float32),
+            "adv_correct": correct(y[:k], adv_logits),
+            "adv_n": tf.cast(k, tf.float32),
+        }
         return loss, stats

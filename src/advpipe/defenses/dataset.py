@@ -19,13 +19,16 @@ def defense_classes(set_dir: str | Path) -> list[int]:
     return sorted(int(c) for c in manifest["label"].unique())
 
 
-def load_split(set_dir: str | Path, split: str, classes: list[int]
-               ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+def load_split(
+    set_dir: str | Path, split: str, classes: list[int]
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """uint8 images, int64 class positions and the manifest rows of one split."""
     images, manifest = read_image_set(set_dir, split=split)
     position = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(manifest["label"]) - set(position))
     if unknown:
-        raise ValueError(f"{set_dir}: split '{split}' has classes {unknown} the model does not know")
+        raise ValueError(
+            f"{set_dir}: split '{split}' has classes {unknown} the model does not know"
+        )
     labels = np.array([position[int(c)] for c in manifest["label"]], dtype=np.int64)
     return images, labels, manifest

@@ -34,8 +34,16 @@ class DeepDefense:
 
     name = "deep_defense"
 
-    def __init__(self, *, mu: float = 15.0, c: float = 25.0, d: float = 5.0, steps: int = 5,
-                 overshoot: float = 0.02, candidates: int = 10):
+    def __init__(
+        self,
+        *,
+        mu: float = 15.0,
+        c: float = 25.0,
+        d: float = 5.0,
+        steps: int = 5,
+        overshoot: float = 0.02,
+        candidates: int = 10,
+    ):
         self.mu, self.c, self.d = float(mu), float(c), float(d)
         self.steps, self.overshoot, self.candidates = int(steps), float(overshoot), int(candidates)
 
@@ -44,9 +52,16 @@ class DeepDefense:
         pred = tf.argmax(logits, axis=1, output_type=tf.int64)
         is_correct = tf.equal(pred, y)
         targets = tf.where(is_correct, tf.constant(-1, tf.int64), y)
-        _, r = deepfool_tf(lambda t: model(t, training=False), x, steps=self.steps,
-                           candidates=self.candidates, overshoot=self.overshoot,
-                           differentiable=True, targets=targets, clean_logits=logits)
+        _, r = deepfool_tf(
+            lambda t: model(t, training=False),
+            x,
+            steps=self.steps,
+            candidates=self.candidates,
+            overshoot=self.overshoot,
+            differentiable=True,
+            targets=targets,
+            clean_logits=logits,
+        )
         flat = lambda t: tf.reshape(t, [tf.shape(t)[0], -1])  # noqa: E731
         r_norm = tf.sqrt(tf.reduce_sum(tf.square(flat(r)), axis=1) + 1e-12)
         return r_norm / tf.norm(flat(x), axis=1), is_correct
@@ -55,10 +70,15 @@ class DeepDefense:
         m = tf.cast(tf.shape(x)[0], tf.float32)
         logits = model(x, training=True)
         ce = cross_entropy(y, logits)
-        ratio, is_correct = self.perturbation_ratio(model, x, y,
-                                                    model(x, training=False))
+        ratio, is_correct = self.perturbation_ratio(model, x, y, model(x, training=False))
         reg = regulariser(ratio, is_correct, self.mu, self.c, self.d)
         loss = (tf.reduce_sum(ce) + tf.reduce_sum(reg)) / m
-        stats = {"loss_sum": loss * m, "n": m, "clean_correct": correct(y, logits), "clean_n": m,
-                 "adv_correct": tf.constant(0.0), "adv_n": tf.constant(0.0)}
+        stats = {
+            "loss_sum": loss * m,
+            "n": m,
+            "clean_correct": correct(y, logits),
+            "clean_n": m,
+            "adv_correct": tf.constant(0.0),
+            "adv_n": tf.constant(0.0),
+        }
         return loss, stats

@@ -25,14 +25,15 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from ..data.images import to_unit_float
+
 
 class TrainingDiverged(ValueError):
     """The loss became NaN or infinite (a hyperparameter problem: reported in one line)."""
@@ -43,17 +44,16 @@ STAT_KEYS = ("loss_sum", "n", "clean_correct", "clean_n", "adv_correct", "adv_n"
 
 @dataclass
 class TrainConfig:
-    optimizer: str = "adam"           # adam | sgd
+    optimizer: str = "adam"  # adam | sgd
     learning_rate: float = 1e-3
-    momentum: float = 0.9             # sgd only
+    momentum: float = 0.9  # sgd only
     epochs: int = 10
     batch_size: int = 32
-    patience: int = 0                 # 0: no early stopping
-    max_steps: int | None = None      # cap on training steps (expensive methods)
+    patience: int = 0  # 0: no early stopping
+    max_steps: int | None = None  # cap on training steps (expensive methods)
     lr_decay_at: float | None = None  # halve the learning rate after this fraction of epochs
-    monitor: str = "val_acc"          # what picks the best epoch: a key evaluate() returns
+    monitor: str = "val_acc"  # what picks the best epoch: a key evaluate() returns
     seed: int = 0
-
 
 
 def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
@@ -69,8 +69,9 @@ def cross_entropy(labels, logits):
 
 
 def correct(labels, logits):
-    return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int64), labels),
-                                 tf.float32))
+    return tf.reduce_sum(
+        tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int64), labels), tf.float32)
+    )
 
 
 class CleanLoss:
@@ -82,9 +83,14 @@ class CleanLoss:
         logits = model(x, training=True)
         n = tf.cast(tf.shape(y)[0], tf.float32)
         per_example = cross_entropy(y, logits)
-        stats = {"loss_sum": tf.reduce_sum(per_example), "n": n,
-                 "clean_correct": correct(y, logits), "clean_n": n,
-                 "adv_correct": tf.constant(0.0), "adv_n": tf.constant(0.0)}
+        stats = {
+            "loss_sum": tf.reduce_sum(per_example),
+            "n": n,
+            "clean_correct": correct(y, logits),
+            "clean_n": n,
+            "adv_correct": tf.constant(0.0),
+            "adv_n": tf.constant(0.0),
+        }
         return tf.reduce_sum(per_example) / n, stats
 
 
@@ -109,10 +115,18 @@ class Trainer:
     ``save(epoch)`` writes the best model so far.
     """
 
-    def __init__(self, model, method, cfg: TrainConfig, *, strategy=None,
-                 evaluate: Callable[[], dict], save: Callable[[int], None],
-                 to_input: Callable = to_unit_float,
-                 log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        model,
+        method,
+        cfg: TrainConfig,
+        *,
+        strategy=None,
+        evaluate: Callable[[], dict],
+        save: Callable[[int], None],
+        to_input: Callable = to_unit_float,
+        log: Callable[[str], None] | None = None,
+    ):
         self.model = model
         self.method = method
         self.cfg = cfg
@@ -143,8 +157,10 @@ class Trainer:
         @tf.function
         def train_step(x, y, step):
             stats = strategy.run(replica_step, args=(x, y, step))
-            return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, stats[k], axis=None)
-                    for k in STAT_KEYS}
+            return {
+                k: strategy.reduce(tf.distribute.ReduceOp.SUM, stats[k], axis=None)
+                for k in STAT_KEYS
+            }
 
         return train_step
 
@@ -158,8 +174,12 @@ class Trainer:
         share = len(x) // replicas
 
         def part(array):  # each replica takes its contiguous share of the global batch
-            return lambda ctx: tf.constant(array[ctx.replica_id_in_sync_group * share:
-                                                 (ctx.replica_id_in_sync_group + 1) * share])
+            return lambda ctx: tf.constant(
+                array[
+                    ctx.replica_id_in_sync_group * share : (ctx.replica_id_in_sync_group + 1)
+                    * share
+                ]
+            )
 
         xs = self.strategy.experimental_distribute_values_from_function(part(x))
         ys = self.strategy.experimental_distribute_values_from_function(part(y))
@@ -174,8 +194,9 @@ class Trainer:
         per_epoch = n // batch  # full batches only: every step sees m examples (eq. 9)
         rng = np.random.default_rng(cfg.seed)
         history = History()
-        decay_epoch = (math.ceil(cfg.lr_decay_at * cfg.epochs)
-                       if cfg.lr_decay_at is not None else None)
+        decay_epoch = (
+            math.ceil(cfg.lr_decay_at * cfg.epochs) if cfg.lr_decay_at is not None else None
+        )
         since_best = 0
         labels = np.asarray(labels, np.int64)
         for epoch in range(1, cfg.epochs + 1):
@@ -188,7 +209,7 @@ class Trainer:
             for i in range(per_epoch):
                 if cfg.max_steps is not None and history.steps >= cfg.max_steps:
                     break
-                idx = np.sort(order[i * batch:(i + 1) * batch])
+                idx = np.sort(order[i * batch : (i + 1) * batch])
                 t0 = time.perf_counter()
                 stats = self.train_step(inputs[idx], labels[idx], history.steps)
                 history.steps += 1
@@ -196,14 +217,17 @@ class Trainer:
                     raise TrainingDiverged(
                         f"{self.method.name}: the loss is {stats['loss_sum']} at step "
                         f"{history.steps} (epoch {epoch}): training diverged; lower the "
-                        "learning rate (or the regulariser weight) in params.yaml")
+                        "learning rate (or the regulariser weight) in params.yaml"
+                    )
                 for k in STAT_KEYS:
                     totals[k] += stats[k]
                 if history.steps == 2:  # the first step includes tracing
                     history.seconds_per_step = time.perf_counter() - t0
-                    self.log(f"[{self.method.name}] {history.seconds_per_step:.2f} s per step "
-                             f"(batch {batch}); projected {per_epoch * history.seconds_per_step:.0f}"
-                             f" s per epoch of {per_epoch} steps")
+                    self.log(
+                        f"[{self.method.name}] {history.seconds_per_step:.2f} s per step "
+                        f"(batch {batch}); projected {per_epoch * history.seconds_per_step:.0f}"
+                        f" s per epoch of {per_epoch} steps"
+                    )
             seconds = time.perf_counter() - start
             history.seconds += seconds
             if totals["n"] == 0:
@@ -213,10 +237,15 @@ class Trainer:
             if cfg.monitor not in scores:
                 raise ValueError(f"monitor '{cfg.monitor}' is not among {sorted(scores)}")
             val = scores[cfg.monitor]
-            row = {"epoch": epoch, "train_loss": totals["loss_sum"] / totals["n"],
-                   "clean_acc": _ratio(totals["clean_correct"], totals["clean_n"]),
-                   "adv_acc": _ratio(totals["adv_correct"], totals["adv_n"]),
-                   **scores, "seconds": round(seconds, 2), "steps": history.steps}
+            row = {
+                "epoch": epoch,
+                "train_loss": totals["loss_sum"] / totals["n"],
+                "clean_acc": _ratio(totals["clean_correct"], totals["clean_n"]),
+                "adv_acc": _ratio(totals["adv_correct"], totals["adv_n"]),
+                **scores,
+                "seconds": round(seconds, 2),
+                "steps": history.steps,
+            }
             history.rows.append(row)
             since_best = 0 if val > history.best_val else since_best + 1
             improved = val >= history.best_val
@@ -225,13 +254,16 @@ class Trainer:
                 self.save(epoch)
             adv = "" if math.isnan(row["adv_acc"]) else f", adv acc {row['adv_acc']:.3f}"
             shown = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in scores.items())
-            self.log(f"[{self.method.name}] epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f}, "
-                     f"clean acc {row['clean_acc']:.3f}{adv}, {shown}"
-                     f"{' (best ' + cfg.monitor + ')' if improved else ''}, {seconds:.1f} s")
+            self.log(
+                f"[{self.method.name}] epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f}, "
+                f"clean acc {row['clean_acc']:.3f}{adv}, {shown}"
+                f"{' (best ' + cfg.monitor + ')' if improved else ''}, {seconds:.1f} s"
+            )
             if cfg.patience and since_best >= cfg.patience:
                 history.stopped_early = True
-                self.log(f"[{self.method.name}] early stop: no val improvement in "
-                         f"{cfg.patience} epochs")
+                self.log(
+                    f"[{self.method.name}] early stop: no val improvement in {cfg.patience} epochs"
+                )
                 break
             if cfg.max_steps is not None and history.steps >= cfg.max_steps:
                 self.log(f"[{self.method.name}] step cap {cfg.max_steps} reached")

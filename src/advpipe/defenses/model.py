@@ -24,20 +24,30 @@ import json
 import os
 import re
 import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import keras
 
 from ..models.zoo import build_trunk
 
 _BLOCK_PATTERNS = (
-    re.compile(r"^(blocks_\d+)_"),        # EfficientNet-Lite MBConv blocks
-    re.compile(r"^(conv\d_block\d+)_"),   # ResNet50 residual blocks
-    re.compile(r"^(block\d+)_"),          # VGG16 convolutional blocks
+    re.compile(r"^(blocks_\d+)_"),  # EfficientNet-Lite MBConv blocks
+    re.compile(r"^(conv\d_block\d+)_"),  # ResNet50 residual blocks
+    re.compile(r"^(block\d+)_"),  # VGG16 convolutional blocks
 )
-_STEM = {"conv_stem", "bn0", "conv_stem_relu6", "bn0_relu6", "conv1_pad", "conv1_conv",
-         "conv1_bn", "conv1_relu", "pool1_pad", "pool1_pool"}
+_STEM = {
+    "conv_stem",
+    "bn0",
+    "conv_stem_relu6",
+    "bn0_relu6",
+    "conv1_pad",
+    "conv1_conv",
+    "conv1_bn",
+    "conv1_relu",
+    "pool1_pad",
+    "pool1_pool",
+}
 
 
 def _leaf_layers(model) -> Iterator[keras.layers.Layer]:
@@ -73,12 +83,11 @@ def set_trainable_blocks(trunk: keras.Model, n: int) -> list[str]:
     """Freeze the trunk but its top ``n`` blocks (batch-norm always frozen); return their names."""
     blocks = trunk_blocks(trunk)
     if n > len(blocks):
-        raise ValueError(f"trainable_blocks: {n} > the {len(blocks)} blocks "
-                         f"of the trunk")
+        raise ValueError(f"trainable_blocks: {n} > the {len(blocks)} blocks of the trunk")
     trunk.trainable = True
     for layer in _leaf_layers(trunk):
         layer.trainable = False
-    unfrozen = blocks[len(blocks) - n:] if n else []
+    unfrozen = blocks[len(blocks) - n :] if n else []
     for block in unfrozen:
         for layer in block:
             if not isinstance(layer, keras.layers.BatchNormalization):
@@ -88,28 +97,47 @@ def set_trainable_blocks(trunk: keras.Model, n: int) -> list[str]:
     return [_block_of(b[0].name) for b in unfrozen]
 
 
-def build_head(num_features: int, num_classes: int, hidden_units: Sequence[int] = (),
-               dropout: float = 0.0, seed: int = 0) -> keras.Model:
+def build_head(
+    num_features: int,
+    num_classes: int,
+    hidden_units: Sequence[int] = (),
+    dropout: float = 0.0,
+    seed: int = 0,
+) -> keras.Model:
     """Dense ReLU layers (``hidden_units``), dropout, then a Dense layer to logits."""
     inputs = keras.Input((num_features,), name="features")
     x = inputs
     for i, units in enumerate(hidden_units):
-        x = keras.layers.Dense(units, activation="relu", name=f"dense_{i}",
-                               kernel_initializer=keras.initializers.HeNormal(seed + i))(x)
+        x = keras.layers.Dense(
+            units,
+            activation="relu",
+            name=f"dense_{i}",
+            kernel_initializer=keras.initializers.HeNormal(seed + i),
+        )(x)
     if dropout:
         x = keras.layers.Dropout(dropout, seed=seed, name="dropout")(x)
-    logits = keras.layers.Dense(num_classes, name="logits",
-                                kernel_initializer=keras.initializers.GlorotUniform(seed + 99))(x)
+    logits = keras.layers.Dense(
+        num_classes, name="logits", kernel_initializer=keras.initializers.GlorotUniform(seed + 99)
+    )(x)
     return keras.Model(inputs, logits, name="head")
 
 
-def build_defense_model(trunk_name: str, num_classes: int, *, hidden_units: Sequence[int] = (),
-                        dropout: float = 0.0, trainable_blocks: int = 0, image_size: int = 224,
-                        weights: bool = True, weights_path: str | None = None,
-                        seed: int = 0) -> keras.Model:
+def build_defense_model(
+    trunk_name: str,
+    num_classes: int,
+    *,
+    hidden_units: Sequence[int] = (),
+    dropout: float = 0.0,
+    trainable_blocks: int = 0,
+    image_size: int = 224,
+    weights: bool = True,
+    weights_path: str | None = None,
+    seed: int = 0,
+) -> keras.Model:
     """Trunk (ImageNet weights) + a new head for ``num_classes`` defense classes."""
-    trunk = build_trunk(trunk_name, weights=weights, weights_path=weights_path,
-                        image_size=image_size, seed=seed)
+    trunk = build_trunk(
+        trunk_name, weights=weights, weights_path=weights_path, image_size=image_size, seed=seed
+    )
     set_trainable_blocks(trunk, trainable_blocks)
     head = build_head(trunk.output_shape[-1], num_classes, hidden_units, dropout, seed)
     inputs = keras.Input(trunk.input_shape[1:], name="rgb_0_1")
@@ -166,9 +194,14 @@ def _make_reproducible(path: Path) -> None:
 
 def _renumber_shared_objects(node, ids: dict):
     if isinstance(node, dict):
-        return {key: (ids.setdefault(value, len(ids) + 1) if key == "shared_object_id"
-                      else _renumber_shared_objects(value, ids))
-                for key, value in node.items()}
+        return {
+            key: (
+                ids.setdefault(value, len(ids) + 1)
+                if key == "shared_object_id"
+                else _renumber_shared_objects(value, ids)
+            )
+            for key, value in node.items()
+        }
     if isinstance(node, list):
         return [_renumber_shared_objects(value, ids) for value in node]
     return node

@@ -12,15 +12,17 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class DefenseEntry:
-    method: str               # clean | kurakin | deep_defense
-    params_group: str         # defense.<group> holds its training params
+    method: str  # clean | kurakin | deep_defense
+    params_group: str  # defense.<group> holds its training params
     attack: str | None = None  # the attack adversarial training uses
-    label: str = ""           # how tables name it
+    label: str = ""  # how tables name it
 
 
 DEFENSES: dict[str, DefenseEntry] = {
     "clean": DefenseEntry("clean", "clean", label="clean head"),
-    "kurakin_step_ll": DefenseEntry("kurakin", "kurakin", "step_ll", "Kurakin adv. training (step-LL)"),
+    "kurakin_step_ll": DefenseEntry(
+        "kurakin", "kurakin", "step_ll", "Kurakin adv. training (step-LL)"
+    ),
     "kurakin_fgsm": DefenseEntry("kurakin", "kurakin", "fgsm", "Kurakin adv. training (FGSM)"),
     "deep_defense": DefenseEntry("deep_defense", "deep_defense", label="Deep Defense"),
 }

@@ -10,8 +10,9 @@ curves, metrics (with label leaking for adversarial training) and timings.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -56,8 +57,9 @@ class DefenseSetup:
 
 
 def _attack(setup: DefenseSetup, name: str, model, labels: str):
-    return make_attack(name, model, labels=labels, seed=setup.seed,
-                       **setup.attack_options.get(name, {}))
+    return make_attack(
+        name, model, labels=labels, seed=setup.seed, **setup.attack_options.get(name, {})
+    )
 
 
 def make_method(name: str, model, setup: DefenseSetup):
@@ -70,14 +72,20 @@ def make_method(name: str, model, setup: DefenseSetup):
         from .adversarial import AdversarialTraining
 
         attack = _attack(setup, entry.attack, model, opts["labels"])
-        return AdversarialTraining(attack, adversarial_fraction=opts["adversarial_fraction"],
-                                   lam=opts["lambda"], eps_stddev=opts["eps_stddev"],
-                                   eps_max=opts["eps_max"], seed=setup.seed)
+        return AdversarialTraining(
+            attack,
+            adversarial_fraction=opts["adversarial_fraction"],
+            lam=opts["lambda"],
+            eps_stddev=opts["eps_stddev"],
+            eps_max=opts["eps_max"],
+            seed=setup.seed,
+        )
     if entry.method == "deep_defense":
         from .deep_defense import DeepDefense
 
-        return DeepDefense(**{k: opts[k] for k in ("mu", "c", "d", "steps", "overshoot",
-                                                   "candidates")})
+        return DeepDefense(
+            **{k: opts[k] for k in ("mu", "c", "d", "steps", "overshoot", "candidates")}
+        )
     raise ValueError(f"no training method '{entry.method}'")
 
 
@@ -86,9 +94,16 @@ def _features(trunk, images, batch_size):
     return predict_logits(trunk, images, batch_size, forward=forward)
 
 
-def train_defense(name: str, setup: DefenseSetup, train: tuple, val: tuple, classes: list[int],
-                  *,
-                  strategy=None, log: Callable[[str], None] = print) -> dict:
+def train_defense(
+    name: str,
+    setup: DefenseSetup,
+    train: tuple,
+    val: tuple,
+    classes: list[int],
+    *,
+    strategy=None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Train defense ``name``; the best model is at ``models/defense/<name>.keras``."""
     entry = DEFENSES[name]
     spec = setup.model
@@ -98,16 +113,29 @@ def train_defense(name: str, setup: DefenseSetup, train: tuple, val: tuple, clas
     with strategy.scope():
         if entry.method == "clean":
             model = build_defense_model(
-                spec.trunk, len(classes), hidden_units=spec.hidden_units,
-                dropout=spec.dropout, trainable_blocks=blocks, image_size=spec.image_size,
-                weights_path=spec.weights_path, seed=setup.seed)
+                spec.trunk,
+                len(classes),
+                hidden_units=spec.hidden_units,
+                dropout=spec.dropout,
+                trainable_blocks=blocks,
+                image_size=spec.image_size,
+                weights_path=spec.weights_path,
+                seed=setup.seed,
+            )
         else:
             model = load_model(model_path("clean"), trainable_blocks=blocks)
     (x_train, y_train), (x_val, y_val) = train, val
     path = model_path(name)
-    info = {"name": name, "method": entry.method, "attack": entry.attack, "classes": classes,
-            "trunk": spec.trunk, "trainable_blocks": blocks,
-            "input": "RGB float32 in [0, 1], NHWC", "output": "logits over classes"}
+    info = {
+        "name": name,
+        "method": entry.method,
+        "attack": entry.attack,
+        "classes": classes,
+        "trunk": spec.trunk,
+        "trainable_blocks": blocks,
+        "input": "RGB float32 in [0, 1], NHWC",
+        "output": "logits over classes",
+    }
     timer = Timer()
     with timer:
         if entry.method == "clean" and blocks == 0:
@@ -118,57 +146,100 @@ def train_defense(name: str, setup: DefenseSetup, train: tuple, val: tuple, clas
             f_val = _features(trunk, x_val, cfg.batch_size)
             target, inputs, to_input = head_of(model), f_train, (lambda a: a)
             head_forward = compiled_forward(target)
-            evaluate = lambda: {"val_acc": accuracy(  # noqa: E731
-                predict_logits(target, f_val, 256, forward=head_forward), y_val)["top1"]}
+            evaluate = lambda: {
+                "val_acc": accuracy(  # noqa: E731
+                    predict_logits(target, f_val, 256, forward=head_forward), y_val
+                )["top1"]
+            }
         else:
             target, inputs, to_input = model, x_train, None
             forward = compiled_forward(model)
-            evaluate = lambda: {"val_acc": accuracy(  # noqa: E731
-                predict_logits(model, x_val, cfg.batch_size, forward=forward), y_val)["top1"]}
+            evaluate = lambda: {
+                "val_acc": accuracy(  # noqa: E731
+                    predict_logits(model, x_val, cfg.batch_size, forward=forward), y_val
+                )["top1"]
+            }
         method = make_method(name, model, setup)
         if entry.method == "kurakin":
             clean_val = evaluate
-            evaluate = lambda: {**clean_val(), "val_adv_acc": attacked_accuracy(  # noqa: E731
-                model, setup, entry.attack, x_val, y_val, "ground_truth")}
+            evaluate = lambda: {
+                **clean_val(),
+                "val_adv_acc": attacked_accuracy(  # noqa: E731
+                    model, setup, entry.attack, x_val, y_val, "ground_truth"
+                ),
+            }
             cfg.monitor = "val_adv_acc"
         elif entry.method == "deep_defense":
             from ..attacks.deepfool import deepfool, make_deepfool
 
             clean_val = evaluate
-            run = make_deepfool(model, steps=setup.deepfool_steps,
-                                candidates=setup.method["candidates"],
-                                overshoot=setup.method["overshoot"])
-            evaluate = lambda: {**clean_val(), "val_rho2": deepfool(  # noqa: E731
-                model, x_val, y_val, batch_size=cfg.batch_size, attack=run,
-                progress=lambda m: None).to_metrics()["rho2"]}
+            run = make_deepfool(
+                model,
+                steps=setup.deepfool_steps,
+                candidates=setup.method["candidates"],
+                overshoot=setup.method["overshoot"],
+            )
+            evaluate = lambda: {
+                **clean_val(),
+                "val_rho2": deepfool(  # noqa: E731
+                    model,
+                    x_val,
+                    y_val,
+                    batch_size=cfg.batch_size,
+                    attack=run,
+                    progress=lambda m: None,
+                ).to_metrics()["rho2"],
+            }
             cfg.monitor = "val_rho2"
         kwargs = {"to_input": to_input} if to_input else {}
-        trainer = Trainer(target, method, cfg, strategy=strategy, evaluate=evaluate,
-                          save=lambda epoch: save_model(model, path, {**info, "best_epoch": epoch}),
-                          log=log, **kwargs)
+        trainer = Trainer(
+            target,
+            method,
+            cfg,
+            strategy=strategy,
+            evaluate=evaluate,
+            save=lambda epoch: save_model(model, path, {**info, "best_epoch": epoch}),
+            log=log,
+            **kwargs,
+        )
         history = trainer.fit(inputs, y_train)
     best = load_model(path)
-    metrics = {"model": name, "classes": classes, "n_train": int(len(x_train)),
-               "n_val": int(len(x_val)), "best_epoch": history.best_epoch,
-               "monitor": cfg.monitor, "best_monitored": history.best_val,
-               "best_val_top1": next((r["val_acc"] for r in history.rows
-                                      if r["epoch"] == history.best_epoch), None),
-               "epochs_run": len(history.rows),
-               "steps": history.steps, "stopped_early": history.stopped_early}
+    metrics = {
+        "model": name,
+        "classes": classes,
+        "n_train": int(len(x_train)),
+        "n_val": int(len(x_val)),
+        "best_epoch": history.best_epoch,
+        "monitor": cfg.monitor,
+        "best_monitored": history.best_val,
+        "best_val_top1": next(
+            (r["val_acc"] for r in history.rows if r["epoch"] == history.best_epoch), None
+        ),
+        "epochs_run": len(history.rows),
+        "steps": history.steps,
+        "stopped_early": history.stopped_early,
+    }
     if entry.method == "kurakin":
         metrics["label_leaking"] = label_leaking(best, setup, entry.attack, x_train, y_train)
         log(f"[{name}] label leaking check (train split): {metrics['label_leaking']}")
     # the curves hold what was learned; wall-clock seconds go to the timings file only
-    curves = [{"model": name, **{k: v for k, v in r.items() if k != "seconds"}}
-              for r in history.rows]
-    return {"metrics": metrics, "curves": curves,
-            "timings": {"train_seconds": round(timer.seconds, 2),
-                        "seconds_per_step": round(history.seconds_per_step, 4),
-                        "epochs": [r["seconds"] for r in history.rows]}}
+    curves = [
+        {"model": name, **{k: v for k, v in r.items() if k != "seconds"}} for r in history.rows
+    ]
+    return {
+        "metrics": metrics,
+        "curves": curves,
+        "timings": {
+            "train_seconds": round(timer.seconds, 2),
+            "seconds_per_step": round(history.seconds_per_step, 4),
+            "epochs": [r["seconds"] for r in history.rows],
+        },
+    }
 
 
-def label_leaking(model, setup: DefenseSetup, attack_name: str, images, labels,
-                  batch_size=32) -> dict:
+def label_leaking(
+    model, setup: DefenseSetup, attack_name: str, images, labels, batch_size=32
+) -> dict:
     """Kurakin et al.'s label-leaking check on the training images.
 
     Top-1 on clean images and on the training attack's examples (per-example ε drawn
@@ -180,8 +251,9 @@ def label_leaking(model, setup: DefenseSetup, attack_name: str, images, labels,
     clean = predict_logits(model, images, batch_size, forward=forward)
     out["clean_top1"] = accuracy(clean, labels)["top1"]
     for mode in ("ground_truth", "predicted"):
-        out[f"adv_top1_{mode}_labels"] = attacked_accuracy(model, setup, attack_name, images,
-                                                            labels, mode, batch_size)
+        out[f"adv_top1_{mode}_labels"] = attacked_accuracy(
+            model, setup, attack_name, images, labels, mode, batch_size
+        )
     out["leaking"] = bool(out["adv_top1_ground_truth_labels"] > out["clean_top1"])
     return out
 
@@ -189,8 +261,9 @@ def label_leaking(model, setup: DefenseSetup, attack_name: str, images, labels,
 _COMPILED: dict = {}
 
 
-def attacked_accuracy(model, setup: DefenseSetup, attack_name, images, labels, mode,
-                      batch_size=32) -> float:
+def attacked_accuracy(
+    model, setup: DefenseSetup, attack_name, images, labels, mode, batch_size=32
+) -> float:
     """Top-1 under the training attack, per-example ε drawn as in training (fixed seed)."""
     from ..attacks.base import example_seeds
     from .adversarial import sample_epsilons
@@ -200,13 +273,17 @@ def attacked_accuracy(model, setup: DefenseSetup, attack_name, images, labels, m
         attack = _attack(setup, attack_name, model, mode)
         _COMPILED[key] = (tf.function(attack.generate), compiled_forward(model))
     generate, forward = _COMPILED[key]
-    eps_all = sample_epsilons(len(images), tf.constant([setup.seed, 7], tf.int64),
-                              setup.method["eps_stddev"], setup.method["eps_max"]).numpy()
+    eps_all = sample_epsilons(
+        len(images),
+        tf.constant([setup.seed, 7], tf.int64),
+        setup.method["eps_stddev"],
+        setup.method["eps_max"],
+    ).numpy()
     preds = []
     for start in range(0, len(images), batch_size):
-        x = tf.constant(images[start:start + batch_size].astype(np.float32) / 255.0)
-        y = tf.constant(labels[start:start + batch_size])
-        eps = tf.constant(eps_all[start:start + batch_size])
+        x = tf.constant(images[start : start + batch_size].astype(np.float32) / 255.0)
+        y = tf.constant(labels[start : start + batch_size])
+        eps = tf.constant(eps_all[start : start + batch_size])
         seeds = example_seeds(setup.seed, np.arange(start, start + len(x)))
         preds.append(forward(generate(x, y, eps, seeds)).numpy())
     return accuracy(np.concatenate(preds), labels)["top1"]
