@@ -58,6 +58,7 @@ def test_deepfool_flips_prediction_and_reports_rho2(tiny, batch):
     assert m["adversarial"]["top1"] <= m["clean"]["top1"] or m["clean"]["top1"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("candidates", [3, 1000])  # 1000 >= 10 classes: all classes
 def test_matches_foolbox_on_tiny_model(tiny, batch, candidates):
     x, y = batch
@@ -70,6 +71,7 @@ def test_matches_foolbox_on_tiny_model(tiny, batch, candidates):
     assert ours.to_metrics()["rho2"] == pytest.approx(ref.to_metrics()["rho2"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_candidates_beyond_num_classes_means_all(tiny, batch):
     x, _ = batch
     a = make_deepfool(tiny, steps=20, candidates=10)
@@ -169,6 +171,7 @@ def _tiny_float64(seed=0):
     return keras.Model(inputs, out)
 
 
+@pytest.mark.slow
 def test_differentiable_mode_gradient_matches_finite_differences():
     model = _tiny_float64()
     kernel = model.get_layer("head").kernel
@@ -246,6 +249,7 @@ def lite0_both():
     return deepfool(model, images, labels, **kw), deepfool_foolbox(model, images, labels, **kw)
 
 
+@pytest.mark.slow
 def test_matches_foolbox_on_efficientnet_lite0(lite0_both):
     ours, ref = lite0_both
     np.testing.assert_array_equal(ours.success, ref.success)

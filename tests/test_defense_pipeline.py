@@ -16,9 +16,10 @@ import pytest
 import yaml
 from conftest import SHARED_IMAGENETTE, copy_repository
 
-pytestmark = pytest.mark.skipif(
-    not SHARED_IMAGENETTE.is_dir(), reason="shared Imagenette data not present"
-)
+pytestmark = [
+    pytest.mark.slow,  # a dvc repro with real-data training: minutes
+    pytest.mark.skipif(not SHARED_IMAGENETTE.is_dir(), reason="shared Imagenette data not present"),
+]
 
 
 @pytest.fixture(scope="module")

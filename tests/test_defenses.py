@@ -144,6 +144,7 @@ def test_trainer_learns_keeps_the_best_and_is_reproducible(tmp_path, data):
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_saved_model_loads_with_plain_keras_and_gives_the_same_logits(
     tmp_path, defense_model, data
 ):
@@ -166,6 +167,7 @@ def test_saved_model_loads_with_plain_keras_and_gives_the_same_logits(
     assert json.loads((tmp_path / "m.json").read_text())["classes"] == [0, 482, 574]
 
 
+@pytest.mark.slow
 def test_saving_the_same_weights_twice_gives_the_same_file(tmp_path, defense_model, data):
     # Keras stamps the save time (seconds) and Python object ids into the archive; DVC would
     # see a new output each time. Saved twice here, a second apart; then the same model built
@@ -213,6 +215,7 @@ def test_trainable_blocks_unfreeze_the_top_of_the_trunk_but_not_batch_norm():
         set_trainable_blocks(trunk, 19)
 
 
+@pytest.mark.slow
 def test_one_training_step_under_mirrored_strategy_on_two_cpus(tmp_path):
     """Same step, same start, on one device and mirrored over two: the same weights after."""
     code = textwrap.dedent("""

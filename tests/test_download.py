@@ -727,6 +727,7 @@ def test_acceptance_quota_filled_from_half_dead_list(
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["fall11", "csv"])
 def test_data_stage_with_url_source(server: ImageServer, tmp_path: Path, fmt: str) -> None:
     """`stages/data.py` with both sets from source urls, filled from a half-dead local list."""

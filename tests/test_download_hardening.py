@@ -227,6 +227,7 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(email.utils.formatdate(now - 10, usegmt=True), now=now) == 0.0
 
 
+@pytest.mark.slow
 def test_retry_after_is_honoured_and_capped(server: ImageServer, tmp_path: Path) -> None:
     date = email.utils.formatdate(time.time() + 2, usegmt=True)
     limited = Route(
@@ -358,6 +359,7 @@ def _peak(path: Path, decode_pixels: int = 16_000_000) -> tuple[str, float]:
 @pytest.mark.skipif(
     not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset"
 )
+@pytest.mark.slow
 def test_large_images_cost_bounded_memory(tmp_path: Path) -> None:
     bomb = Image.new("L", (9000, 9000), 200)
     ImageDraw.Draw(bomb).ellipse((1000, 1000, 8000, 8000), fill=60)
@@ -425,6 +427,7 @@ def test_cross_class_duplicate_fetched_once(server: ImageServer, tmp_path: Path)
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_acceptance_hostile_list(server: ImageServer, tmp_path: Path) -> None:
     deadline, retries = 1.0, 2
     body = jpeg(seed=20)

@@ -341,6 +341,7 @@ def _run_stage(work: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_stage_each_set_from_its_own_source(server, tmp_path):
     import json
 
@@ -372,6 +373,7 @@ def test_stage_each_set_from_its_own_source(server, tmp_path):
     assert "MB/s" in proc.stderr
 
 
+@pytest.mark.slow
 def test_stage_one_line_error_for_a_class_imagenette_lacks(tmp_path):
     work = _stage_repo(
         tmp_path, {"defense_set.source": "imagenette", "defense_set.indices": [0, 96, 482]}
@@ -388,6 +390,7 @@ def test_stage_one_line_error_for_a_class_imagenette_lacks(tmp_path):
     assert not (work / "data").exists()
 
 
+@pytest.mark.slow
 def test_stage_reads_the_shared_imagenette_folder(tmp_path):
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} not present")
@@ -419,6 +422,7 @@ def test_stage_reads_the_shared_imagenette_folder(tmp_path):
     assert img.shape == (224, 224, 3) and img.std() > 10
 
 
+@pytest.mark.slow
 def test_stage_one_line_error_for_an_unreadable_folder_class(tmp_path):
     folder = tmp_path / "imagenet"
     for label in (1, 2):

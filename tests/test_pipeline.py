@@ -19,6 +19,8 @@ from conftest import copy_repository
 
 from advpipe.attacks.registry import ATTACKS as REGISTERED_ATTACKS
 
+pytestmark = pytest.mark.slow  # one dvc repro of the whole default pipeline: minutes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

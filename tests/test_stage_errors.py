@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # every test starts a stage script (TensorFlow) in a subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 NOISE = ("oneDNN custom operations", "cuda drivers", "cuInit", "absl::InitializeLog")
 

@@ -76,6 +76,7 @@ def test_former_false_positives_are_accepted(name: str) -> None:
     assert rejection(path) is None
 
 
+@pytest.mark.slow
 @needs_imagenette
 def test_every_imagenette_photo_is_accepted() -> None:
     files = [p for sub in sorted(IMAGENETTE.iterdir()) if sub.is_dir() for p in image_files(sub)]
