@@ -52,8 +52,10 @@ def report(name: str, files: list[Path], base: Path | None = None) -> int:
     seconds = time.perf_counter() - started
     total = len(files)
     share = 100.0 * len(rejected) / total if total else 0.0
-    print(f"\n{name}: {len(rejected)} of {total} genuine photos rejected ({share:.2f} %), "
-          f"{seconds:.1f} s")
+    print(
+        f"\n{name}: {len(rejected)} of {total} genuine photos rejected ({share:.2f} %), "
+        f"{seconds:.1f} s"
+    )
     for reason, count in sorted(Counter(rejected.values()).items()):
         print(f"  {reason:<24} {count}")
     for path, reason in rejected.items():
@@ -64,8 +66,12 @@ def report(name: str, files: list[Path], base: Path | None = None) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--imagenette", type=Path, default=DEFAULT_IMAGENETTE,
-                        help="ImageNet folder layout of genuine photos (default: %(default)s)")
+    parser.add_argument(
+        "--imagenette",
+        type=Path,
+        default=DEFAULT_IMAGENETTE,
+        help="ImageNet folder layout of genuine photos (default: %(default)s)",
+    )
     args = parser.parse_args()
     total = report("foolbox samples", [p for p, _ in sample_files()])
     count = 20

@@ -20,6 +20,16 @@ from advpipe.reporting import write_json
 SETS = {"attack": "attack_set", "defense": "defense_set"}
 
 
+def source_settings(data: dict) -> build.SourceSettings:
+    """The library's settings of the sources, from the ``data`` params group."""
+    return build.SourceSettings(
+        resize=build.Resize(int(data["image_size"]), data["resample"], float(data["crop_ratio"])),
+        urls=build.UrlSettings(**data["urls"]),
+        folder=build.FolderSettings(**data["folder"]),
+        imagenette=build.ImagenetteSettings(**data["imagenette"]),
+    )
+
+
 def main() -> None:
     p = common.params()
     common.log(f"data: model {get(p, 'model.name')}: weights {common.check_model(p)}")
@@ -29,23 +39,29 @@ def main() -> None:
         classes = set_classes(p, key)
         if source == "imagenette":  # fail before any download
             from advpipe.data.imagenette import check_classes
+
             try:
                 check_classes(classes, key=f"data.{key}")
             except DataError as exc:
                 sys.exit(f"error: {exc}")
         wanted[name] = (source, classes, get(p, f"data.{key}.per_class"))
     metrics = {name: {"source": source} for name, (source, _, _) in wanted.items()}
+    settings = source_settings(p["data"])
     sets = {}
     for name, (source, classes, per_class) in wanted.items():
         if source == "samples":
-            common.log(f"data: {name} set, the bundled ImageNet images (Foolbox); "
-                       f"data.{SETS[name]}.first/indices/per_class do not apply to 'samples'")
+            common.log(
+                f"data: {name} set, the bundled ImageNet images (Foolbox); "
+                f"data.{SETS[name]}.first/indices/per_class do not apply to 'samples'"
+            )
         else:
-            common.log(f"data: {name} set, {len(classes)} classes x {per_class} images "
-                       f"from {source}")
+            common.log(
+                f"data: {name} set, {len(classes)} classes x {per_class} images from {source}"
+            )
         try:
             images, manifest, report = build.build_set(
-                source, p["data"], f"data/raw/{name}", classes, per_class, progress=common.log)
+                source, settings, f"data/raw/{name}", classes, per_class, progress=common.log
+            )
         except (DataError, FileNotFoundError) as exc:
             sys.exit(f"error: {exc}")
         if not len(images):
@@ -53,8 +69,11 @@ def main() -> None:
         sets[name] = (images, manifest)
         metrics[name].update(report)
     images, manifest = sets["defense"]
-    manifest = manifest.assign(split=stratified_split(
-        manifest["label"], get(p, "data.defense_set.split"), seed=get(p, "seed")))
+    manifest = manifest.assign(
+        split=stratified_split(
+            manifest["label"], get(p, "data.defense_set.split"), seed=get(p, "seed")
+        )
+    )
     sets["defense"] = (images, manifest)
     for name, (images, manifest) in sets.items():
         write_image_set(f"data/{name}", images, manifest)

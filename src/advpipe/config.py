@@ -355,32 +355,19 @@ def _train_rules(
     return rules
 
 
+def _library_default(group: str, key: str) -> Any:
+    """A ``data.<group>`` default: the field of the library's settings dataclass (its home)."""
+    from .data.build import FolderSettings, ImagenetteSettings
+
+    cls = {"folder": FolderSettings, "imagenette": ImagenetteSettings}[group]
+    return cls.__dataclass_fields__[key].default
+
+
 def _url_default(key: str) -> Any:
     """An ``data.urls`` default: the library's UrlSettings field (its one home)."""
-    return _URL_DEFAULTS_TEMP[key]  # TODO(lead): the data package's dataclass
+    from .data.url_source import UrlSettings
 
-
-_URL_DEFAULTS_TEMP = dict(
-    list="data/urls/fall11_urls.txt",
-    format="auto",
-    workers=16,
-    timeout=10.0,
-    retries=2,
-    backoff=0.5,
-    min_bytes=2048,
-    min_side=64,
-    max_pixels=89478485,
-    deadline=60.0,
-    max_retry_after=30.0,
-    decode_pixels=16000000,
-    background_fraction=0.6,
-    background_tolerance=4,
-    text_edge_ratio=0.35,
-    noise_min_correlation=0.3,
-    noise_max_blockiness=1.5,
-    noise_min_block_correlation=0.1,
-    cross_class="first",
-)
+    return UrlSettings.__dataclass_fields__[key].default
 
 
 def _sets(
@@ -440,11 +427,13 @@ def _urls() -> dict[str, Rule]:
         ),
         "text_edge_ratio": (
             number(0, 1, required=False),
-            "...and at least this share of the rest touches it (thin strokes)",
+            "...and at least this share of the ink (pixels > tolerance + 12 off the "
+            "background) touches non-ink pixels (thin strokes)",
         ),
         "noise_min_correlation": (
             number(-1, 1, required=False),
-            "noise test: adjacent-pixel correlation threshold (see [data](data.md))",
+            "noise test: rejected when the adjacent-pixel correlation is below this at "
+            "every scale (see [data](data.md))",
         ),
         "noise_max_blockiness": (
             number(0, lo_open=True, required=False),
@@ -502,32 +491,38 @@ SCHEMA: dict[str, Rule] = {
     **_urls(),
     "data.folder.path": param(
         string(),
-        "data/imagenet/train",
+        _library_default("folder", "path"),
         "a local ImageNet-style folder, one sub-folder per WordNet id",
     ),
     "data.folder.skip_unreadable_classes": param(
         boolean(),
-        False,
+        _library_default("folder", "skip_unreadable_classes"),
         "true: a class with no usable image is skipped (warning) instead of stopping the stage",
     ),
     "data.imagenette.archive": param(
         choice(*IMAGENETTE_ARCHIVES),
-        "imagenette2-160",
+        _library_default("imagenette", "archive"),
         "which Imagenette archive (`imagenette2`: full size)",
     ),
     "data.imagenette.url": param(
-        http_url(), None, "null: the official URL of `archive`; or any http(s) URL"
+        http_url(),
+        _library_default("imagenette", "url"),
+        "null: the official URL of `archive`; or any http(s) URL",
     ),
     "data.imagenette.sha256": param(
-        sha256_hex(), None, "null: the known checksum of the official archive; a string: required"
+        sha256_hex(),
+        _library_default("imagenette", "sha256"),
+        "null: the known checksum of the official archive; a string: required",
     ),
     "data.imagenette.path": param(
         optional_string(),
-        None,
+        _library_default("imagenette", "path"),
         "a local copy instead of a download: the .tgz or an extracted folder",
     ),
     "data.imagenette.cache_dir": param(
-        string(), "data/raw/imagenette", "where the archive is downloaded and extracted"
+        string(),
+        _library_default("imagenette", "cache_dir"),
+        "where the archive is downloaded and extracted",
     ),
     # ---------------------------------------------------------------- model
     "model.name": param(

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,7 @@ import pandas as pd
 from .class_index import imagenet_classes
 from .errors import DataError
 from .images import to_square
-from .validate import ImageRejected, validate_image_bytes
+from .validate import ImageRejected, ValidationSettings, validate_image_bytes
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -43,10 +43,27 @@ class UnreadableClassError(DataError):
 
 @dataclass(frozen=True)
 class ImageChecks:
-    """What a local image must pass (the ``data.urls.min_side``/``max_pixels`` params)."""
+    """What a local image must pass (the ``data.urls.min_side``/``max_pixels`` params).
 
-    min_side: int = 64
-    max_pixels: int = 89_478_485
+    Defaults: those of :class:`~advpipe.data.validate.ValidationSettings`.
+    """
+
+    min_side: int = ValidationSettings.min_side
+    max_pixels: int = ValidationSettings.max_pixels
+
+
+@dataclass(frozen=True)
+class FolderSettings:
+    """The ``data.folder`` params (field names = keys).
+
+    Attributes:
+        path: the ImageNet-style folder (one sub-folder per WordNet id).
+        skip_unreadable_classes: leave out (with a warning) a class without any
+            usable image instead of failing.
+    """
+
+    path: str = "data/imagenet/train"
+    skip_unreadable_classes: bool = False
 
 
 def load_checked(path: Path, size: int, resample: str, crop_ratio: float,

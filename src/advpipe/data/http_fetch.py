@@ -49,7 +49,8 @@ _local = threading.local()
 class FetchFailed(Exception):
     """A fetch attempt failed; ``transient`` failures may be retried.
 
-    ``retry_after`` is the server's ``Retry-After`` in seconds (>= 0), if any.
+    ``retry_after`` is the server's ``Retry-After`` in seconds (>= 0), if any;
+    ``attempts`` is set by a caller that retries (0 when no request was made).
     """
 
     def __init__(self, reason: str, transient: bool, retry_after: float | None = None) -> None:
@@ -57,6 +58,7 @@ class FetchFailed(Exception):
         self.reason = reason
         self.transient = transient
         self.retry_after = retry_after
+        self.attempts = 0
 
 
 @dataclass(frozen=True)

@@ -41,18 +41,19 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 
 from .class_index import imagenet_classes
-from .download import DEFAULT_USER_AGENT
-from .http_fetch import build_opener, classify_exception
+from .download_settings import DEFAULT_USER_AGENT
 from .errors import DataError
 from .folder import ImageChecks, image_files, load_class_files
+from .http_fetch import build_opener, classify_exception
 
 #: The ImageNet class indices of Imagenette's ten classes.
 IMAGENETTE_CLASSES: tuple[int, ...] = (0, 217, 482, 491, 497, 566, 569, 571, 574, 701)
@@ -70,6 +71,7 @@ KNOWN_ARCHIVES: dict[str, tuple[int, str]] = {
                     "6cbfac238434d89fe99e651496f0812ebc7a10fa62bd42d6874042bf01de4efd"),
 }
 RECORD = ".advpipe-source.json"
+_DEFAULT_CHECKS = ImageChecks()
 _CHUNK = 1 << 20
 
 Progress = Callable[[str], None]
@@ -77,6 +79,30 @@ Progress = Callable[[str], None]
 
 class ImagenetteError(DataError):
     """A one-line, user-fixable problem with the Imagenette source."""
+
+
+@dataclass(frozen=True)
+class ImagenetteSettings:
+    """The ``data.imagenette`` params (field names = keys).
+
+    Attributes:
+        archive: ``imagenette2-160``, ``imagenette2-320`` or ``imagenette2`` (full size).
+        url: None: the official fast.ai URL of ``archive``; or any http(s) URL.
+        sha256: None: the known checksum of the official archive; a string: required.
+        path: a local copy instead of a download: the ``.tgz`` or an extracted folder.
+        cache_dir: where the archive is downloaded and extracted.
+    """
+
+    archive: str = "imagenette2-160"
+    url: str | None = None
+    sha256: str | None = None
+    path: str | None = None
+    cache_dir: str = "data/raw/imagenette"
+
+    @classmethod
+    def of(cls, settings: ImagenetteSettings | Mapping) -> ImagenetteSettings:
+        """``settings`` itself, or the settings of a mapping with these keys."""
+        return settings if isinstance(settings, cls) else cls(**settings)
 
 
 def check_classes(classes: Sequence[int], key: str = "data") -> None:
@@ -107,64 +133,105 @@ def download(url: str, dest: Path, *, timeout: float = 60.0, progress: Progress 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
+    try:
+        response = _open_range(url, have, timeout)
+    except _StartOver:
+        part.unlink()
+        return download(url, dest, timeout=timeout, progress=progress, every_s=every_s)
+    with response:
+        mode, done = _resume_mode(response, url, have)
+        if mode == "ab":
+            say(f"[imagenette] resuming {dest.name} at {_fmt_mb(have)}")
+        length = response.headers.get("Content-Length")
+        length = int(length) if length and length.strip().isdigit() else None
+        total = done + length if length is not None else None
+        meter = _Meter(dest.name, done, total, say, every_s)
+        try:
+            with open(part, mode) as handle:
+                _copy(response, handle, meter)
+        except Exception as exc:
+            reason, _ = classify_exception(exc)
+            raise ImagenetteError(
+                f"data.imagenette.url: download of {url} interrupted at {_fmt_mb(meter.done)} "
+                f"({reason}); rerun to resume") from None
+    if total is not None and meter.done < total:
+        raise ImagenetteError(f"data.imagenette.url: download of {url} interrupted at "
+                              f"{_fmt_mb(meter.done)} of {_fmt_mb(total)}; rerun to resume")
+    meter.finish()
+    os.replace(part, dest)
+    return dest
+
+
+class _StartOver(Exception):
+    """The server refused the Range of a partial download (HTTP 416): start over."""
+
+
+def _open_range(url: str, have: int, timeout: float):
+    """The response to a GET of ``url`` from byte ``have`` on.
+
+    Raises:
+        _StartOver: HTTP 416 to a resume request.
+        ImagenetteError: any other HTTP or network failure.
+    """
     headers = {"User-Agent": DEFAULT_USER_AGENT, "Accept-Encoding": "identity"}
     if have:
         headers["Range"] = f"bytes={have}-"
-    opener = build_opener(5)
     try:
-        response = opener.open(urllib.request.Request(url, headers=headers), timeout=timeout)
+        return build_opener(5).open(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as exc:
         exc.close()
-        if exc.code == 416 and have:  # the .part is not a prefix the server knows: start over
-            part.unlink()
-            return download(url, dest, timeout=timeout, progress=progress, every_s=every_s)
+        if exc.code == 416 and have:  # the .part is not a prefix the server knows
+            raise _StartOver() from None
         raise ImagenetteError(f"data.imagenette.url: {url}: HTTP {exc.code}") from None
     except Exception as exc:
         reason, _ = classify_exception(exc)
         raise ImagenetteError(f"data.imagenette.url: {url}: {reason}") from None
-    with response:
-        length = response.headers.get("Content-Length")
-        length = int(length) if length and length.strip().isdigit() else None
-        if response.status == 206 and have:
-            content_range = response.headers.get("Content-Range", "")
-            if not content_range.startswith(f"bytes {have}-"):
-                raise ImagenetteError(f"data.imagenette.url: {url}: the server answered the "
-                                      f"resume request with Content-Range '{content_range}'")
-            mode, done = "ab", have
-            say(f"[imagenette] resuming {dest.name} at {_fmt_mb(have)}")
-        elif response.status == 200:
-            mode, done = "wb", 0  # no Range support, or a fresh download
-        else:
-            raise ImagenetteError(f"data.imagenette.url: {url}: HTTP {response.status}")
-        total = done + length if length is not None else None
-        started, last, start_done = time.monotonic(), 0.0, done
-        try:
-            with open(part, mode) as handle:
-                while chunk := response.read(_CHUNK):
-                    handle.write(chunk)
-                    done += len(chunk)
-                    now = time.monotonic()
-                    if now - last >= every_s:
-                        last = now
-                        rate = (done - start_done) / 1e6 / max(now - started, 1e-9)
-                        share = f" ({100 * done / total:.0f}%)" if total else ""
-                        say(f"[imagenette] {dest.name}: {_fmt_mb(done)}"
-                            f"{'/' + _fmt_mb(total) if total else ''}{share}, {rate:.1f} MB/s")
-                handle.flush()
-                os.fsync(handle.fileno())
-        except Exception as exc:
-            reason, _ = classify_exception(exc)
-            raise ImagenetteError(
-                f"data.imagenette.url: download of {url} interrupted at {_fmt_mb(done)} "
-                f"({reason}); rerun to resume") from None
-    if total is not None and done < total:
-        raise ImagenetteError(f"data.imagenette.url: download of {url} interrupted at "
-                              f"{_fmt_mb(done)} of {_fmt_mb(total)}; rerun to resume")
-    elapsed = time.monotonic() - started
-    say(f"[imagenette] {dest.name}: {_fmt_mb(done)} done, "
-        f"{(done - start_done) / 1e6 / max(elapsed, 1e-9):.1f} MB/s")
-    os.replace(part, dest)
-    return dest
+
+
+def _resume_mode(response, url: str, have: int) -> tuple[str, int]:
+    """(file mode, bytes already there): append after a 206 to a resume, else from scratch."""
+    if response.status == 206 and have:
+        content_range = response.headers.get("Content-Range", "")
+        if not content_range.startswith(f"bytes {have}-"):
+            raise ImagenetteError(f"data.imagenette.url: {url}: the server answered the "
+                                  f"resume request with Content-Range '{content_range}'")
+        return "ab", have
+    if response.status == 200:
+        return "wb", 0  # no Range support, or a fresh download
+    raise ImagenetteError(f"data.imagenette.url: {url}: HTTP {response.status}")
+
+
+class _Meter:
+    """Counts the bytes of a download and reports progress (MB, %, MB/s) every ``every_s``."""
+
+    def __init__(self, name: str, done: int, total: int | None, say: Progress,
+                 every_s: float) -> None:
+        self.name, self.done, self.total, self.say, self.every_s = name, done, total, say, every_s
+        self.start_done, self.started, self.last = done, time.monotonic(), 0.0
+
+    def add(self, count: int) -> None:
+        self.done += count
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            rate = (self.done - self.start_done) / 1e6 / max(now - self.started, 1e-9)
+            share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+            of = "/" + _fmt_mb(self.total) if self.total else ""
+            self.say(f"[imagenette] {self.name}: {_fmt_mb(self.done)}{of}{share}, {rate:.1f} MB/s")
+
+    def finish(self) -> None:
+        elapsed = time.monotonic() - self.started
+        self.say(f"[imagenette] {self.name}: {_fmt_mb(self.done)} done, "
+                 f"{(self.done - self.start_done) / 1e6 / max(elapsed, 1e-9):.1f} MB/s")
+
+
+def _copy(response, handle: BinaryIO, meter: _Meter) -> None:
+    """Copy the response body to ``handle`` (flushed and synced), counting it in ``meter``."""
+    while chunk := response.read(_CHUNK):
+        handle.write(chunk)
+        meter.add(len(chunk))
+    handle.flush()
+    os.fsync(handle.fileno())
 
 
 # --------------------------------------------------------------------------- verify
@@ -288,65 +355,76 @@ def _read_record(target: Path) -> dict | None:
 
 
 # --------------------------------------------------------------------------- prepare
-def prepare(settings: Mapping, progress: Progress | None = None) -> tuple[Path, dict]:
-    """A folder with the Imagenette images (see the module doc) and a report of its origin.
-
-    ``settings`` is the ``data.imagenette`` group of params: ``archive``, ``url``,
-    ``sha256``, ``path``, ``cache_dir``.
-    """
-    say = progress or (lambda msg: None)
-    archive = settings["archive"]
-    given = settings.get("sha256")
-    local = settings.get("path")
-    if local:
-        local = Path(local)
+def _source(settings: ImagenetteSettings) -> tuple[Path | None, dict, Expected]:
+    """(the local copy or None, the origin record, what the archive must match)."""
+    given = settings.sha256.lower() if settings.sha256 else None
+    if settings.path:
+        local = Path(settings.path)
         if not local.exists():
             raise ImagenetteError(f"data.imagenette.path: '{local}' does not exist")
-        if local.is_dir():
-            return _layout_root(local), {"path": str(local)}
-        origin = {"path": str(local.resolve())}
-        expected = Expected(given.lower(), None, "given") if given else Expected(None, None, "none")
+        origin = {"path": str(local.resolve())} if local.is_file() else {"path": str(local)}
+        return local, origin, Expected(given, None, "given" if given else "none")
+    url = settings.url or OFFICIAL_URL.format(archive=settings.archive)
+    if given:
+        expected = Expected(given, None, "given")
+    elif settings.url is None and settings.archive in KNOWN_ARCHIVES:
+        size, digest = KNOWN_ARCHIVES[settings.archive]
+        expected = Expected(digest, size, f"official {settings.archive}")
     else:
-        url = settings.get("url") or OFFICIAL_URL.format(archive=archive)
-        origin = {"url": url}
-        if given:
-            expected = Expected(given.lower(), None, "given")
-        elif settings.get("url") is None and archive in KNOWN_ARCHIVES:
-            size, digest = KNOWN_ARCHIVES[archive]
-            expected = Expected(digest, size, f"official {archive}")
-        else:
-            expected = Expected(None, None, "none")
-    cache = Path(settings["cache_dir"])
-    target = cache / archive
+        expected = Expected(None, None, "none")
+    return None, {"url": url}, expected
+
+
+def _reusable(target: Path, origin: dict, expected: Expected) -> dict | None:
+    """The record of an extracted copy that matches the wanted archive, or None."""
     record = _read_record(target) if target.is_dir() else None
-    if record is not None and (record.get("sha256") == expected.sha256 if expected.sha256
-                               else {k: record.get(k) for k in origin} == origin):
+    if record is None:
+        return None
+    if expected.sha256:
+        return record if record.get("sha256") == expected.sha256 else None
+    return record if {k: record.get(k) for k in origin} == origin else None
+
+
+def prepare(settings: ImagenetteSettings | Mapping,
+            progress: Progress | None = None) -> tuple[Path, dict]:
+    """A folder with the Imagenette images (see the module doc) and a report of its origin.
+
+    ``settings``: :class:`ImagenetteSettings` (or a mapping with its keys).
+    """
+    settings = ImagenetteSettings.of(settings)
+    say = progress or (lambda msg: None)
+    local, origin, expected = _source(settings)
+    if local is not None and local.is_dir():
+        return _layout_root(local), origin
+    target = Path(settings.cache_dir) / settings.archive
+    record = _reusable(target, origin, expected)
+    if record is not None:
         say(f"[imagenette] using {target} (sha256 {record['sha256'][:12]}...)")
         return target, {**record, "folder": str(target), "reused": True}
-    if local:
-        tgz, downloaded = local, False
-    else:
-        tgz, downloaded = cache / f"{archive}.tgz", True
-        if not tgz.is_file():
-            say(f"[imagenette] downloading {origin['url']} to {tgz}")
-            download(origin["url"], tgz, progress=say)
-    say(f"[imagenette] verifying {tgz}")
+    tgz = local if local is not None else Path(settings.cache_dir) / f"{settings.archive}.tgz"
+    if local is None and not tgz.is_file():
+        say(f"[imagenette] downloading {origin['url']} to {tgz}")
+        download(origin["url"], tgz, progress=say)
+    record = _verify_and_extract(tgz, target, expected, downloaded=local is None, say=say,
+                                 record={**origin, "archive": settings.archive})
+    return target, {**record, "folder": str(target), "reused": False}
+
+
+def _verify_and_extract(tgz: Path, target: Path, expected: Expected, downloaded: bool,
+                        say: Progress, record: dict) -> dict:
+    """Verify ``tgz`` and extract it to ``target``; a failed download is deleted."""
     try:
+        say(f"[imagenette] verifying {tgz}")
         digest = verify(tgz, expected)
+        say(f"[imagenette] extracting {tgz} to {target}")
+        record = {**record, "sha256": digest, "bytes": tgz.stat().st_size,
+                  "checked_against": expected.origin}
+        extract(tgz, target, record)
     except ImagenetteError:
         if downloaded:
             tgz.unlink()  # a rerun downloads it again
         raise
-    say(f"[imagenette] extracting {tgz} to {target}")
-    record = {**origin, "archive": archive, "sha256": digest, "bytes": tgz.stat().st_size,
-              "checked_against": expected.origin}
-    try:
-        extract(tgz, target, record)
-    except ImagenetteError:
-        if downloaded:
-            tgz.unlink()
-        raise
-    return target, {**record, "folder": str(target), "reused": False}
+    return record
 
 
 def split_folders(root: Path) -> list[Path]:
@@ -355,9 +433,10 @@ def split_folders(root: Path) -> list[Path]:
     return splits or [root]
 
 
-def load_imagenette(settings: Mapping, classes: list[int], per_class: int, *, size: int = 224,
+def load_imagenette(settings: ImagenetteSettings | Mapping, classes: list[int], per_class: int,
+                    *, size: int = 224,
                     resample: str = "bicubic", crop_ratio: float = 1.0,
-                    checks: ImageChecks = ImageChecks(), progress: Progress | None = None
+                    checks: ImageChecks = _DEFAULT_CHECKS, progress: Progress | None = None
                     ) -> tuple[np.ndarray, pd.DataFrame, dict]:
     """``per_class`` images of each class: sorted by name, ``train`` then ``val``."""
     check_classes(classes)

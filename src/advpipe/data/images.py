@@ -15,6 +15,7 @@ sets add a ``split`` column. In memory a set is a uint8 array ``(N, H, W, 3)``;
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,21 @@ RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
     "nearest": Image.Resampling.NEAREST,
 }
+
+
+@dataclass(frozen=True)
+class Resize:
+    """How every source resizes its images (:func:`to_square`'s arguments).
+
+    Attributes:
+        size: side of the square output.
+        resample: a key of :data:`RESAMPLE`.
+        crop_ratio: short side -> ``round(size / crop_ratio)``, then the centre crop.
+    """
+
+    size: int
+    resample: str
+    crop_ratio: float
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -133,7 +149,8 @@ def write_image_set(out_dir: str | Path, images: np.ndarray, manifest: pd.DataFr
     return out_dir
 
 
-def read_image_set(set_dir: str | Path, split: str | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+def read_image_set(set_dir: str | Path,
+                   split: str | None = None) -> tuple[np.ndarray, pd.DataFrame]:
     """Read an image set written by :func:`write_image_set` -> (uint8 images, manifest)."""
     set_dir = Path(set_dir)
     manifest_path = set_dir / "manifest.csv"
@@ -144,6 +161,8 @@ def read_image_set(set_dir: str | Path, split: str | None = None) -> tuple[np.nd
         if "split" not in manifest.columns:
             raise ValueError(f"{manifest_path} has no 'split' column")
         manifest = manifest[manifest["split"] == split].reset_index(drop=True)
+    if not len(manifest):
+        return np.zeros((0, 0, 0, 3), np.uint8), manifest
     images = np.stack([np.asarray(Image.open(set_dir / f).convert("RGB"), dtype=np.uint8)
-                       for f in manifest["file"]]) if len(manifest) else np.zeros((0, 0, 0, 3), np.uint8)
+                       for f in manifest["file"]])
     return images, manifest

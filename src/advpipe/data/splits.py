@@ -10,7 +10,7 @@ samples); the assignment depends only on the labels, the proportions and the see
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

@@ -240,6 +240,40 @@ def _parse_int(text: str) -> int | None:
     return value if value >= 0 else None
 
 
+def _csv_header(row: list[str]) -> dict[str, int] | None:
+    """Column positions when ``row`` (the first non-blank row) is a header naming ``url``.
+
+    Raises:
+        ValueError: a header without a ``class_index`` column.
+    """
+    lowered = [cell.strip().lower() for cell in row]
+    if "url" not in lowered:
+        return None
+    if "class_index" not in lowered:
+        raise ValueError(f"CSV URL list header must name a 'class_index' column, got {row!r}")
+    return {name: i for i, name in enumerate(lowered)}
+
+
+def _csv_fields(row: list[str], columns: dict[str, int] | None
+                ) -> tuple[str, int | None, str | None] | str:
+    """``(url, class_index, wnid)`` of a data row, or the reason it is malformed."""
+    if columns is not None:
+        if len(row) <= max(columns["url"], columns["class_index"]):
+            return "missing_field"
+        wnid_col = columns.get("wnid")
+        wnid = None
+        if wnid_col is not None and wnid_col < len(row):
+            wnid = row[wnid_col].strip() or None
+        return row[columns["url"]].strip(), _parse_int(row[columns["class_index"]]), wnid
+    if len(row) < 2:
+        return "missing_field"
+    # An unquoted URL containing commas splits into several fields: the class
+    # index is the last field (url,class_index) or the first one (class_index,url).
+    if not _URL_SCHEME.match(row[0].strip()) and _URL_SCHEME.match(row[1].strip()):
+        return ",".join(row[1:]).strip(), _parse_int(row[0]), None
+    return ",".join(row[:-1]).strip(), _parse_int(row[-1]), None
+
+
 def _parse_csv(
     lines: Iterable[str],
     index_to_wnid: Mapping[int, str] | None,
@@ -257,53 +291,26 @@ def _parse_csv(
         if not row or all(not cell.strip() for cell in row):
             stats.blank += 1
             continue
-        text = ",".join(row)
         if not seen_first:
             seen_first = True
-            lowered = [cell.strip().lower() for cell in row]
-            if "url" in lowered:
-                if "class_index" not in lowered:
-                    raise ValueError(
-                        "CSV URL list header must name a 'class_index' column, "
-                        f"got {row!r}"
-                    )
-                columns = {name: i for i, name in enumerate(lowered)}
+            columns = _csv_header(row)
+            if columns is not None:
                 stats.header = 1
                 continue
-        if columns is not None:
-            needed = max(columns["url"], columns["class_index"])
-            if len(row) <= needed:
-                stats._bad(line_no, "missing_field", text)
-                continue
-            url = row[columns["url"]].strip()
-            index = _parse_int(row[columns["class_index"]])
-            wnid_col = columns.get("wnid")
-            wnid = None
-            if wnid_col is not None and wnid_col < len(row):
-                wnid = row[wnid_col].strip() or None
-        else:
-            if len(row) < 2:
-                stats._bad(line_no, "missing_field", text)
-                continue
-            # An unquoted URL containing commas splits into several fields:
-            # the class index is the last field (url,class_index) or the
-            # first one (class_index,url).
-            wnid = None
-            if not _URL_SCHEME.match(row[0].strip()) and _URL_SCHEME.match(row[1].strip()):
-                url = ",".join(row[1:]).strip()
-                index = _parse_int(row[0])
-            else:
-                url = ",".join(row[:-1]).strip()
-                index = _parse_int(row[-1])
+        fields = _csv_fields(row, columns)
+        text = ",".join(row)
+        if isinstance(fields, str):
+            stats._bad(line_no, fields, text)
+            continue
+        url, index, wnid = fields
         if index is None:
             stats._bad(line_no, "bad_class_index", text)
-            continue
-        if not _URL_SCHEME.match(url):
+        elif not _URL_SCHEME.match(url):
             stats._bad(line_no, "bad_url", text)
-            continue
-        if wnid is None and index_to_wnid is not None:
-            wnid = index_to_wnid.get(index)
-        entries.append(UrlEntry(index, wnid, url, line_no))
+        else:
+            if wnid is None and index_to_wnid is not None:
+                wnid = index_to_wnid.get(index)
+            entries.append(UrlEntry(index, wnid, url, line_no))
     return entries
 
 

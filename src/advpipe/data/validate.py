@@ -16,35 +16,26 @@ with a machine-readable ``reason``):
    ``decode_pixels`` x 4 bytes (x a small factor for mode conversion);
 5. decode-level integrity: JPEG marker/scan structure
    (:mod:`advpipe.data.jpeg_structure`: ``corrupt:jpeg_markers``,
-   ``corrupt:incomplete_scans``, ``truncated``); for a single-scan JPEG, the
-   entropy-coded data must be used up -- if the image still decodes with its
-   last 8 data bytes removed, the file carries extraneous data
-   (``corrupt:extraneous_data``, libjpeg's "extraneous bytes" warning); a full
-   decode (``truncated`` or ``decode_error:<msg>``); any Python warning Pillow
-   emits while opening or decoding (``corrupt:<msg>``);
+   ``corrupt:incomplete_scans``, ``corrupt:restart_markers``, ``truncated``);
+   for a single-scan JPEG, the entropy-coded data must be used up -- if the
+   image still decodes with its last 8 data bytes removed, the file carries
+   extraneous data (``corrupt:extraneous_data``, libjpeg's "extraneous bytes"
+   warning); a full decode (``truncated`` or ``decode_error:<msg>``); any
+   Python warning Pillow emits while opening or decoding (``corrupt:<msg>``);
 6. conversion to RGB (first frame of animations; ``unsupported_mode:<mode>``);
-7. not statistically noise (``noise``), judged on a centre crop of the
-   full-resolution greyscale image:
-
-   - the image must have smooth structure at *some* scale: the correlation of
-     horizontally/vertically adjacent pixels (the smaller of the two), at full
-     resolution or after 2x2 or 4x4 box averaging (the largest of the three),
-     must be at least ``noise_min_correlation`` (white noise: about 0 at every
-     scale; genuine photos: 0.62 and more -- a photo whose fine texture or
-     sensor noise decorrelates neighbouring pixels is still smooth once
-     averaged);
-   - a JPEG decoded at full size is noise when its 8x8 blocks are *both*
-     blocky -- the mean step across block borders exceeds
-     ``noise_max_blockiness`` times the step inside blocks -- *and* without
-     structure inside: with each block's mean removed, the correlation of
-     adjacent pixels within blocks is below ``noise_min_block_correlation``.
-     Garbage entropy data decodes to blocks of random DCT coefficients
-     (blockiness 2.2-2.8, in-block correlation -0.2-0.0); heavily compressed
-     genuine photos can be as blocky (up to 2.2 on Imagenette) but their blocks
-     hold smooth gradients (in-block correlation 0.17 and more; 0.6 and more
-     among those above 1.5);
-8. not a placeholder (:mod:`advpipe.data.placeholders`:
-   ``placeholder_uniform``, ``placeholder_text``).
+7. not blank (``placeholder_uniform``; :mod:`advpipe.data.placeholders`) --
+   before the noise test, since a flat image with faint noise is both;
+8. not statistically noise (``noise``; :mod:`advpipe.data.noise`: smooth
+   structure at some scale, and no blocks of random DCT coefficients);
+9. for a single-scan JPEG, the entropy-coded data must be long enough
+   (``corrupt:premature_end``): when it runs out before the last block,
+   libjpeg warns ("premature end of data segment") and fills the rest of the
+   image with grey -- a valid header followed by a few random bytes decodes
+   to a band of noise above a flat grey image.  Tested by decoding again with
+   extra bytes before the EOI marker: a complete scan ignores them, a starved
+   one decodes them into the missing blocks.  (After the noise test, so that
+   garbage which is noise where it decoded keeps the reason ``noise``.)
+10. not a text placeholder (:mod:`advpipe.data.placeholders`: ``placeholder_text``).
 
 EXIF orientation is not applied (like the original ImageNet files).
 """
@@ -63,18 +54,18 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .images import to_rgb
-from .jpeg_structure import inspect_jpeg
-from .placeholders import placeholder_reason
+from .jpeg_structure import JpegLayout, inspect_jpeg
+from .noise import noise_reason
+from .placeholders import placeholder_reason, uniform_reason
 
 #: Formats Pillow may open.  Restricting them keeps untrusted bytes away from
 #: exotic decoders (EPS, for one, runs Ghostscript).
 IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
-#: Side of the centre crop the noise statistics look at.
-_NOISE_SIDE = 512
-#: Box-averaging factors at which the noise test looks for smooth structure.
-_NOISE_SCALES = (1, 2, 4)
 #: Bytes removed from the end of a single-scan JPEG's data by the extraneous-data test.
 _EXTRANEOUS_BYTES = 8
+#: Bytes inserted before the EOI marker by the premature-end test: fixed
+#: pseudo-random entropy-coded data without 0xFF (so without markers).
+_PREMATURE_PAD = np.random.default_rng(0).integers(0, 255, 512, dtype=np.uint8).tobytes()
 
 #: Serialises opening and decoding: the warning filters below are process-global
 #: (installed and restored by one thread at a time), and one decode at a time
@@ -104,7 +95,39 @@ class ImageInfo:
 
 @dataclass(frozen=True)
 class ValidationSettings:
-    """Thresholds of :func:`validate_image_bytes` (see the module docstring)."""
+    """Thresholds of :func:`validate_image_bytes` (see the module docstring).
+
+    These field defaults are the one home of the defaults (the ``data.urls``
+    params and the downloader read them from here).
+
+    Attributes:
+        min_bytes: smaller bodies are rejected (``too_small_bytes``).
+        min_side: both sides must be at least this (``too_small_side``).
+        max_pixels: width*height limit read from the header, before decoding
+            (``too_many_pixels``; Pillow's decompression-bomb limit).
+        decode_pixels: larger images are decoded at 1/2..1/8 size (JPEG) or
+            rejected (``decode_budget``).
+        placeholder_hashes: sha256 hex digests of known placeholder bodies.
+        uniform_std: ``placeholder_uniform`` when every channel's standard
+            deviation is below this...
+        placeholder_max_colors: ...or the image has at most this many colours.
+        background_fraction: ``placeholder_text`` needs a dominant colour
+            covering at least this share of the image (> 1: no text check)...
+        background_tolerance: ...counting the pixels within this many levels
+            (max channel difference) of it -- a placeholder's one exact colour...
+        text_ink_margin: ...and "ink": the pixels more than
+            ``background_tolerance + text_ink_margin`` levels from it (text,
+            icons, objects -- not the shading or noise of a plain background)...
+        text_edge_ratio: ...of which at least this share touches non-ink
+            pixels (4-neighbourhood): thin strokes, not a compact object.
+        noise_min_correlation: ``noise`` when the largest adjacent-pixel
+            correlation over the scales (full resolution to 32x32 averages)
+            stays below this (:mod:`advpipe.data.noise`).
+        noise_max_blockiness: ``noise`` for a JPEG whose 8x8 block-border
+            step exceeds this times the step inside blocks...
+        noise_min_block_correlation: ...and whose in-block correlation (block
+            means removed) is below this.
+    """
 
     min_bytes: int = 2048
     min_side: int = 64
@@ -115,7 +138,8 @@ class ValidationSettings:
     placeholder_max_colors: int = 8
     background_fraction: float = 0.6
     background_tolerance: int = 4
-    text_edge_ratio: float = 0.35
+    text_ink_margin: int = 12
+    text_edge_ratio: float = 0.6
     noise_min_correlation: float = 0.3
     noise_max_blockiness: float = 1.5
     noise_min_block_correlation: float = 0.1
@@ -128,8 +152,8 @@ class ValidationSettings:
             raise ValueError("max_pixels and decode_pixels must be >= 1")
         if not 0 <= self.background_fraction or not 0 <= self.text_edge_ratio <= 1:
             raise ValueError("background_fraction must be >= 0 and text_edge_ratio in [0, 1]")
-        if not 0 <= self.background_tolerance <= 255:
-            raise ValueError("background_tolerance must be in [0, 255]")
+        if not 0 <= self.background_tolerance <= 255 or not 0 <= self.text_ink_margin <= 255:
+            raise ValueError("background_tolerance and text_ink_margin must be in [0, 255]")
 
 
 def _short_message(exc: BaseException) -> str:
@@ -151,70 +175,12 @@ def check_truncation_flag() -> None:
         )
 
 
-def _adjacent_correlation(image: np.ndarray) -> float | None:
-    """The smaller of the horizontal and vertical adjacent-pixel correlations (None: flat)."""
-    correlations = []
-    for a, b in ((image[:, :-1], image[:, 1:]), (image[:-1], image[1:])):
-        if a.size == 0:
-            continue
-        a, b = a - a.mean(), b - b.mean()
-        denominator = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-        if denominator > 0:
-            correlations.append(float((a * b).sum()) / denominator)
-    return min(correlations) if correlations else None
+# --------------------------------------------------------------------------
+# opening and decoding
+# --------------------------------------------------------------------------
 
 
-def _box_average(image: np.ndarray, factor: int) -> np.ndarray:
-    height, width = image.shape[0] // factor * factor, image.shape[1] // factor * factor
-    return image[:height, :width].reshape(height // factor, factor, width // factor, factor).mean(axis=(1, 3))
-
-
-def _in_block_correlation(crop: np.ndarray) -> float:
-    """Adjacent-pixel correlation inside 8x8 blocks, each block's mean removed (min of h/v).
-
-    Pairs across block borders are left out, so the blocks' mean levels (the DC
-    random walk of garbage entropy data) do not count: only the structure inside
-    the blocks does.  Flat blocks contribute nothing.
-    """
-    height, width = crop.shape[0] // 8 * 8, crop.shape[1] // 8 * 8
-    blocks = crop[:height, :width].reshape(height // 8, 8, width // 8, 8).transpose(0, 2, 1, 3)
-    blocks = blocks - blocks.mean(axis=(2, 3), keepdims=True)
-    correlations = []
-    for a, b in ((blocks[..., :, :-1], blocks[..., :, 1:]), (blocks[..., :-1, :], blocks[..., 1:, :])):
-        denominator = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-        correlations.append(float((a * b).sum()) / denominator if denominator > 0 else 1.0)
-    return min(correlations)
-
-
-def _blockiness(crop: np.ndarray) -> float:
-    """Mean step across 8x8 block borders / (mean step inside blocks + 1), worst direction."""
-    ratios = []
-    for step in (np.abs(np.diff(crop, axis=1)), np.abs(np.diff(crop, axis=0)).T):
-        border = step[:, 7::8].mean()
-        inside = np.delete(step, np.s_[7::8], axis=1).mean()
-        ratios.append(float(border / (inside + 1.0)))
-    return max(ratios)
-
-
-def _noise_reason(gray: np.ndarray, jpeg_grid: bool, settings: ValidationSettings) -> str | None:
-    """``noise`` when the image is statistically noise (see the module docstring)."""
-    height, width = gray.shape
-    top = ((height - min(height, _NOISE_SIDE)) // 2) // 8 * 8
-    left = ((width - min(width, _NOISE_SIDE)) // 2) // 8 * 8
-    crop = gray[top:top + _NOISE_SIDE, left:left + _NOISE_SIDE].astype(np.float32)
-    structure = [c for c in (_adjacent_correlation(_box_average(crop, factor) if factor > 1 else crop)
-                             for factor in _NOISE_SCALES if min(crop.shape) >= 2 * factor)
-                 if c is not None]
-    if structure and max(structure) < settings.noise_min_correlation:
-        return "noise"
-    if (jpeg_grid and crop.shape[0] >= 16 and crop.shape[1] >= 16
-            and _blockiness(crop) > settings.noise_max_blockiness
-            and _in_block_correlation(crop) < settings.noise_min_block_correlation):
-        return "noise"
-    return None
-
-
-def _decode(body: bytes, image: Image.Image) -> None:
+def _decode(image: Image.Image) -> None:
     """``image.load()``, with Pillow's warnings and errors mapped to rejections."""
     try:
         with warnings.catch_warnings():
@@ -254,6 +220,79 @@ def _draft_scale(image: Image.Image, budget: int) -> int:
     return 0
 
 
+def _decode_jpeg_alone(data: bytes, scale: int) -> Image.Image | None:
+    """``data`` (a JPEG) fully decoded at draft ``scale``, warnings ignored; None on failure."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data), formats=("JPEG",))
+            if scale > 1:
+                w, h = image.size
+                image.draft(image.mode, (math.ceil(w / scale), math.ceil(h / scale)))
+            image.load()
+        return image
+    except Exception:
+        return None
+
+
+@dataclass
+class _Decoded:
+    """An opened, size-checked and decoded image, before conversion to RGB."""
+
+    image: Image.Image
+    info: ImageInfo
+    scale: int
+    layout: JpegLayout | None  # JPEGs only
+
+
+def _checked_open(body: bytes, digest: str, settings: ValidationSettings) -> _Decoded:
+    """Steps 2-5 of the module docstring (call under ``_DECODE_LOCK``)."""
+    image = _open(body)
+    width, height = image.size
+    if width * height > settings.max_pixels:
+        raise ImageRejected("too_many_pixels")
+    if min(width, height) < settings.min_side:
+        raise ImageRejected("too_small_side")
+    scale = _draft_scale(image, settings.decode_pixels)
+    if scale == 0:
+        raise ImageRejected("decode_budget")
+    layout = None
+    if image.format == "JPEG":
+        layout = inspect_jpeg(body)
+        if layout.problem is not None:
+            raise ImageRejected(layout.problem)
+        if layout.scans == 1 and _decode_jpeg_alone(
+                body[: max(0, layout.eoi - _EXTRANEOUS_BYTES)], scale) is not None:
+            raise ImageRejected("corrupt:extraneous_data")
+    if scale > 1:
+        image.draft(image.mode, (math.ceil(width / scale), math.ceil(height / scale)))
+    _decode(image)
+    info = ImageInfo(image.format, image.mode, width, height, len(body), digest)
+    return _Decoded(image, info, scale, layout)
+
+
+def _premature_end(body: bytes, decoded: _Decoded) -> bool:
+    """Whether a single-scan JPEG's entropy-coded data ran out before its last block.
+
+    Decodes again with :data:`_PREMATURE_PAD` before the EOI marker: a complete
+    scan ignores the extra bytes (the same pixels), a starved one decodes them.
+    """
+    layout = decoded.layout
+    if layout is None or layout.scans != 1:
+        return False
+    padded = body[:layout.eoi] + _PREMATURE_PAD + body[layout.eoi:]
+    with _DECODE_LOCK:
+        again = _decode_jpeg_alone(padded, decoded.scale)
+        if again is None or again.size != decoded.image.size:
+            return True
+        return np.asarray(again).tobytes() != np.asarray(decoded.image).tobytes()
+
+
+# --------------------------------------------------------------------------
+# the checks
+# --------------------------------------------------------------------------
+
+
 def validate_image_bytes(
     body: bytes, settings: ValidationSettings | None = None, **overrides: object
 ) -> tuple[Image.Image, ImageInfo]:
@@ -277,57 +316,35 @@ def validate_image_bytes(
     if digest in settings.placeholder_hashes:
         raise ImageRejected("placeholder_hash")
     with _DECODE_LOCK:
-        image = _open(body)
-        width, height = image.size
-        if width * height > settings.max_pixels:
-            raise ImageRejected("too_many_pixels")
-        if min(width, height) < settings.min_side:
-            raise ImageRejected("too_small_side")
-        scale = _draft_scale(image, settings.decode_pixels)
-        if scale == 0:
-            raise ImageRejected("decode_budget")
-        is_jpeg = image.format == "JPEG"
-        if is_jpeg:
-            layout = inspect_jpeg(body)
-            if layout.problem is not None:
-                raise ImageRejected(layout.problem)
-            if layout.scans == 1 and _decodes(body[: max(0, layout.eoi - _EXTRANEOUS_BYTES)], scale):
-                raise ImageRejected("corrupt:extraneous_data")
-        if scale > 1:
-            image.draft(image.mode, (math.ceil(width / scale), math.ceil(height / scale)))
-        _decode(body, image)
-        info = ImageInfo(image.format, image.mode, width, height, len(body), digest)
+        decoded = _checked_open(body, digest, settings)
         try:
-            rgb = to_rgb(image)
+            rgb = to_rgb(decoded.image)
         except ValueError as exc:
             raise ImageRejected(str(exc)) from exc
-    gray = np.asarray(rgb.convert("L"))
-    noise = _noise_reason(gray, is_jpeg and scale == 1, settings)
-    if noise:
-        raise ImageRejected(noise)
-    reason = placeholder_reason(
+    reason = _content_reason(body, rgb, decoded, settings)
+    if reason:
+        raise ImageRejected(reason)
+    return rgb, decoded.info
+
+
+def _content_reason(body: bytes, rgb: Image.Image, decoded: _Decoded,
+                    settings: ValidationSettings) -> str | None:
+    """Steps 7-10 of the module docstring: blank, noise, premature end, placeholders."""
+    reason = uniform_reason(rgb, uniform_std=settings.uniform_std,
+                            max_colors=settings.placeholder_max_colors)
+    if reason is None:
+        gray = np.asarray(rgb.convert("L"))
+        jpeg_grid = decoded.layout is not None and decoded.scale == 1
+        reason = noise_reason(gray, jpeg_grid, settings.noise_min_correlation,
+                              settings.noise_max_blockiness, settings.noise_min_block_correlation)
+    if reason is None and _premature_end(body, decoded):
+        reason = "corrupt:premature_end"
+    return reason or placeholder_reason(
         rgb,
         uniform_std=settings.uniform_std,
         max_colors=settings.placeholder_max_colors,
         background_fraction=settings.background_fraction,
         background_tolerance=settings.background_tolerance,
+        ink_margin=settings.text_ink_margin,
         edge_ratio=settings.text_edge_ratio,
     )
-    if reason:
-        raise ImageRejected(reason)
-    return rgb, info
-
-
-def _decodes(data: bytes, scale: int) -> bool:
-    """Whether Pillow fully decodes ``data`` (a JPEG) at draft ``scale``."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data), formats=("JPEG",)) as image:
-                if scale > 1:
-                    w, h = image.size
-                    image.draft(image.mode, (math.ceil(w / scale), math.ceil(h / scale)))
-                image.load()
-        return True
-    except Exception:
-        return False
