@@ -4,10 +4,12 @@
 ``report.figure.n_images`` images the model classifies correctly.
 """
 
+import common  # first: it quiets TensorFlow's start-up messages
+
+# isort: split
 import numpy as np
 import tensorflow as tf
 
-import common
 from advpipe.config import get
 from advpipe.data.class_index import imagenet_classes
 from advpipe.data.images import to_unit_float

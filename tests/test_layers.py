@@ -81,3 +81,28 @@ def test_the_import_scan_sees_a_violation(tmp_path):
         )
     finally:
         fake.unlink()
+
+
+def test_stage_scripts_import_common_before_tensorflow():
+    """stages/common.py filters TensorFlow's start-up messages out of stderr; a stage script
+    that loads TensorFlow (or a module that does) before it prints them on every run."""
+    stages = SRC.parents[1] / "stages"
+    heavy = ("tensorflow", "keras", "foolbox", "advpipe", "wiring")
+    late = []
+    for path in sorted(stages.glob("*.py")):
+        if path.name in ("common.py", "wiring.py"):
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import) and any(a.name == "common" for a in node.names):
+                break
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(n.split(".")[0] in heavy for n in names):
+                late.append(f"{path.name}: {names[0]} before common")
+                break
+    assert not late, late
