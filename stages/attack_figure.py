@@ -51,7 +51,7 @@ def main() -> None:
     p = common.params()
     name = get(p, "report.figure.attack")
     epsilons = get(p, "report.figure.epsilons")
-    images, labels, _ = common.attack_set()
+    images, labels, _ = common.attack_set(p)
     model = common.model(p)
     attack = build_attack(name, model, p)
     chosen = choose(p, attack, images, labels)

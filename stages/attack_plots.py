@@ -1,4 +1,6 @@
-"""Stage 'attack_plots': top-1 and top-5 vs eps, one line per attack (PNG, log-scale eps)."""
+"""Stage 'attack_plots': top-1 and top-5 vs eps, one line per attack (PNG, log-scale eps).
+
+The top-1 plot also shows AutoAttack's robust accuracy (attack@autoattack; no top-5)."""
 
 import json
 
@@ -12,15 +14,17 @@ from advpipe.reporting import plot_accuracy_vs_eps
 
 def main() -> None:
     p = common.params()
-    curves = {name: pd.read_csv(f"plots/attacks/{name}.csv") for name in ATTACKS}
-    n = {json.loads(open(f"metrics/attacks/{name}.json").read())["n_images"] for name in ATTACKS}
+    names = [*ATTACKS, "autoattack"]
+    curves = {name: pd.read_csv(f"plots/attacks/{name}.csv") for name in names}
+    n = {json.loads(open(f"metrics/attacks/{name}.json").read())["n_images"] for name in names}
     n_text = f"n = {n.pop()}" if len(n) == 1 else f"n = {sorted(n)}"
     for metric in ("top1", "top5"):
         title = (
             f"{metric.replace('top', 'top-')} accuracy vs ε — {get(p, 'model.name')}, "
             f"{n_text} images, {get(p, 'attacks.labels').replace('_', ' ')} labels"
         )
-        path = plot_accuracy_vs_eps(curves, metric, f"plots/attacks/{metric}_vs_eps.png", title)
+        shown = {k: v for k, v in curves.items() if metric in v.columns}
+        path = plot_accuracy_vs_eps(shown, metric, f"plots/attacks/{metric}_vs_eps.png", title)
         common.log(f"wrote {path}")
 
 

@@ -10,7 +10,7 @@ from advpipe.reporting import write_json
 def main() -> None:
     p = common.params()
     model = common.model(p)
-    images, labels, _ = common.attack_set()
+    images, labels, _ = common.attack_set(p)
     common.log(f"baseline: {len(images)} images")
     with Timer() as t:
         logits = predict_logits(model, images, batch_size=get(p, "model.batch_size"))

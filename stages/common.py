@@ -105,15 +105,49 @@ def params() -> dict:
 
 def check_model(p: dict, *, probe: bool = True) -> str:
     """Fail early (before any data work) if the model's weights cannot be had."""
+    if get(p, "model.name") == "file":
+        return file_model(p).describe()
     return check_weights(get(p, "model.name"), get(p, "model.weights_path"), probe=probe)
 
 
+_FILE_MODEL: dict = {}
+
+
+def file_model(p: dict):
+    """The user's model of ``model.file`` (:class:`advpipe.models.from_file.LoadedModel`),
+    loaded once per process."""
+    from advpipe.models.from_file import load_model_file
+
+    f = p["model"]["file"]
+    key = (f["path"], f["inputs"], f["outputs"], str(f["classes"]), f["endpoint"])
+    if key not in _FILE_MODEL:
+        _FILE_MODEL[key] = load_model_file(
+            f["path"],
+            image_size=get(p, "data.image_size"),
+            image_size_key="data.image_size",
+            inputs=f["inputs"],
+            outputs=f["outputs"],
+            classes=f["classes"],
+            endpoint=f["endpoint"],
+            safe_mode=f["safe_mode"],
+        )
+        if _FILE_MODEL[key].from_probabilities:
+            log(
+                "warning: model.file outputs probabilities that could not be stripped: "
+                "logits = log(clip(p)), a possible source of gradient masking"
+            )
+    return _FILE_MODEL[key]
+
+
 def model(p: dict):
-    """The attacked model named by ``model.name`` (with ``model.weights_path``)."""
+    """The attacked model named by ``model.name`` (with ``model.weights_path``, or
+    ``model.file`` for the user's own model)."""
     from advpipe.models.zoo import build_model
 
     name = get(p, "model.name")
     log(f"loading model {name} ({check_model(p, probe=False)})")
+    if name == "file":
+        return file_model(p).model
     return build_model(
         name,
         weights_path=get(p, "model.weights_path"),
@@ -122,12 +156,54 @@ def model(p: dict):
     )
 
 
-def attack_set():
-    """uint8 images, int64 labels and the manifest of the attack set."""
+def imagenet_model(p: dict, name: str, *, weights_path: str | None = None):
+    """A model of the transfer matrix or the decision attack, reading the attack set's
+    images: a zoo model (``blackbox.native_size``) or ``file`` (which must predict all
+    1,000 ImageNet classes, as every other model of the comparison does)."""
+    from advpipe.models.native_size import build_at_input_size
+
+    if name == "file":
+        loaded = file_model(p)
+        if list(loaded.classes) != list(range(1000)):
+            raise ValueError(
+                f"model.file.classes: the black-box comparisons need the 1,000 ImageNet "
+                f"classes; this model has {len(loaded.classes)} outputs"
+            )
+        return loaded.model
+    return build_at_input_size(
+        name,
+        get(p, "data.image_size"),
+        native=get(p, "blackbox.native_size"),
+        weights_path=weights_path,
+        seed=get(p, "seed"),
+    )
+
+
+def attack_set(p: dict | None = None):
+    """uint8 images, int64 labels and the manifest of the attack set.
+
+    With ``p`` and ``model.name: file`` whose model predicts a subset of the ImageNet
+    classes, only the images of those classes are kept, labelled by output position.
+    """
     from advpipe.data.images import read_image_set
 
     images, manifest = read_image_set(ATTACK_SET)
-    return images, manifest["label"].to_numpy(dtype="int64"), manifest
+    labels = manifest["label"].to_numpy(dtype="int64")
+    if p is not None and get(p, "model.name") == "file":
+        classes = list(file_model(p).classes)
+        if classes != list(range(1000)):
+            import numpy as np
+
+            position = {c: i for i, c in enumerate(classes)}
+            keep = np.array([int(c) in position for c in labels], dtype=bool)
+            if not keep.any():
+                raise ValueError(
+                    f"model.file.classes: no attack-set image is of the model's classes {classes}"
+                )
+            log(f"model.file: {int(keep.sum())} attack-set images of its {len(classes)} classes")
+            images, manifest = images[keep], manifest[keep].reset_index(drop=True)
+            labels = np.array([position[int(c)] for c in labels[keep]], dtype="int64")
+    return images, labels, manifest
 
 
 def defense_split(split: str, classes: list[int] | None = None):

@@ -17,20 +17,14 @@ def main() -> None:
     from advpipe.attacks.decision import decision_attack, first_correct
     from advpipe.attacks.deepfool import deepfool
     from advpipe.blackbox_plots import l2_vs_queries
-    from advpipe.models.native_size import build_at_input_size
     from advpipe.reporting import write_json, write_rows_csv
     from wiring import deepfool_options
 
     name = get(p, "blackbox.decision.model")
     weights = get(p, "model.weights_path") if get(p, "model.name") == name else None
-    common.log(f"model {name}: {common.check_weights(name, weights)}")
-    model = build_at_input_size(
-        name,
-        get(p, "data.image_size"),
-        native=get(p, "blackbox.native_size"),
-        weights_path=weights,
-        seed=get(p, "seed"),
-    )
+    where = common.file_model(p).describe() if name == "file" else None
+    common.log(f"model {name}: {where or common.check_weights(name, weights)}")
+    model = common.imagenet_model(p, name, weights_path=weights)
     images, labels, _ = common.attack_set()
     keep = first_correct(model, images, labels, get(p, "blackbox.decision.n_images"))
     images, labels = images[keep], labels[keep]

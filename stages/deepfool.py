@@ -9,7 +9,7 @@ from wiring import deepfool_options
 def main() -> None:
     p = common.params()
     model = common.model(p)
-    images, labels, _ = common.attack_set()
+    images, labels, _ = common.attack_set(p)
     result = deepfool(model, images, labels, progress=common.log, **deepfool_options(p))
     metrics = result.to_metrics()
     common.write_timing("deepfool", metrics.pop("timing", None) or {"seconds": result.seconds})

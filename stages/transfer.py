@@ -11,25 +11,15 @@ from advpipe.config import get
 
 def main() -> None:
     p = common.params()
-    from advpipe.models.native_size import build_at_input_size
     from advpipe.reporting import write_json
 
     names = get(p, "blackbox.transfer.models")
-    size = get(p, "data.image_size")
     images, labels, _ = common.attack_set()
     weights = {get(p, "model.name"): get(p, "model.weights_path")}
     for n in names:  # fail before any work if a model's weights cannot be had
-        common.log(f"model {n}: {common.check_weights(n, weights.get(n))}")
-    models = {
-        n: build_at_input_size(
-            n,
-            size,
-            native=get(p, "blackbox.native_size"),
-            weights_path=weights.get(n),
-            seed=get(p, "seed"),
-        )
-        for n in names
-    }
+        where = common.file_model(p).describe() if n == "file" else None
+        common.log(f"model {n}: {where or common.check_weights(n, weights.get(n))}")
+    models = {n: common.imagenet_model(p, n, weights_path=weights.get(n)) for n in names}
     result = common.transfer("transfer", p, models, images, labels, get(p, "blackbox.batch_size"))
     write_json(
         "metrics/blackbox/transfer.json",

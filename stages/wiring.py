@@ -109,3 +109,18 @@ def defense_setup(params: Params, name: str):
         deepfool_steps=get(params, "attacks.deepfool.steps"),
         seed=get(params, "seed"),
     )
+
+
+def autoattack_options(params: Params) -> dict:
+    """:func:`advpipe.attacks.autoattack.autoattack`'s options from ``attacks.autoattack``
+    (``epsilons`` excluded: the attack set and the defense evaluation each have theirs)."""
+    from advpipe.attacks.autoattack import Settings
+
+    group = params["attacks"]["autoattack"]
+    return {
+        "norm": group["norm"],
+        "version": group["version"],
+        "attacks": list(group["attacks"]),
+        "settings": Settings(**{k: group[k] for k in Settings.__dataclass_fields__ if k in group}),
+        "seed": params["seed"],
+    }

@@ -134,7 +134,7 @@ def test_problems_are_reported_on_one_line(params):
         (
             ("attacks", "cw"),
             {"epsilons": [0.1]},
-            "unknown key 'attacks.cw' ('attacks' takes: deepfool, fgm, fgsm, labels, pgd, rfgsm, step_ll)",
+            "unknown key 'attacks.cw' ('attacks' takes: autoattack, deepfool, fgm, fgsm, labels, pgd, rfgsm, step_ll)",
         ),
         (
             ("attacks", "fgsm", "norm"),

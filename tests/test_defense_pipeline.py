@@ -44,6 +44,14 @@ def run(tmp_path_factory):
     defense["evaluation"]["epsilons"] = [0.01568627, 0.03137255]
     params["attacks"]["pgd"]["steps"] = 5
     params["attacks"]["deepfool"]["steps"] = 10
+    # a reduced AutoAttack (the 3-class cascade, fewer steps and queries)
+    params["attacks"]["autoattack"].update(
+        version="custom",
+        attacks=["apgd-ce", "apgd-dlr", "apgd-ce-t", "fab-t", "square"],
+        apgd_steps=10,
+        fab_steps=10,
+        square_queries=100,
+    )
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(
         os.environ,
@@ -80,6 +88,26 @@ def test_every_defense_model_is_trained_evaluated_and_tabled(run):
             "flags",
         } <= set(ev["masking"])
         assert f"| {name} | 30/30/30 |" in table  # n per split (3 classes x 10) in the table
+        aa = ev["autoattack"]["0.0156863"]  # the report eps (4/255) by default
+        assert not aa["standard"] and aa["max_norm"] <= 0.01568627 * (1 + 1e-5) + 1e-6
+        assert [r["attack"] for r in aa["per_attack"]] == [
+            "apgd-ce",
+            "apgd-dlr",
+            "apgd-ce-t",
+            "fab-t",
+            "square",
+        ]
+        # robust only if every attack failed; the worst case over AutoAttack and PGD is lower
+        assert aa["robust_top1"] <= ev["clean_top1"]
+        assert aa["worst_case_top1"] <= min(aa["robust_top1"], ev["whitebox"]["pgd"]["0.0156863"])
+        # APGD-CE must not be significantly weaker than PGD on the pipeline's own models
+        assert aa["apgd_ce_vs_pgd"]["apgd_weaker"] is False, aa["apgd_ce_vs_pgd"]
+        assert ev["autoattack_sanity"]["warnings"] == []
+        summary = _json(dest, "metrics/defense/summary.json")["models"][name]
+        assert summary["autoattack"] == aa["robust_top1"]
+        assert summary["worst_case"] == aa["worst_case_top1"]
+    assert "AutoAttack" in table and "worst case (AA ∧ PGD)" in table
+    assert not (dest / "resume").exists()
     assert "Smoke run" in table  # 10 training images per class is not a result
 
 

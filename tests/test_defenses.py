@@ -264,17 +264,25 @@ def test_one_training_step_under_mirrored_strategy_on_two_cpus(tmp_path):
 
 
 def test_masking_checks_flag_what_they_should():
-    wb = {"fgsm": {"0.01": 0.5, "0.03": 0.4}, "pgd": {"0.01": 0.2, "0.03": 0.05}}
-    tr = {"fgsm": {"0.01": 0.7, "0.03": 0.6}, "pgd": {"0.01": 0.6, "0.03": 0.5}}
+    n = 60
+    per = lambda acc: np.arange(n) < round(acc * n)  # noqa: E731 (correct on the first k)
+    wb = {
+        "fgsm": {"0.01": per(0.5), "0.03": per(0.4)},
+        "pgd": {"0.01": per(0.2), "0.03": per(0.05)},
+    }
+    tr = {"fgsm": {"0.01": per(0.7), "0.03": per(0.6)}, "pgd": {"0.01": per(0.6), "0.03": per(0.5)}}
     ok = masking_checks(wb, tr, chance=1 / 3, margin=0.1)
     assert ok["passed"] and ok["flags"] == []
-    masked = {"fgsm": {"0.01": 0.5, "0.03": 0.4}, "pgd": {"0.01": 0.6, "0.03": 0.55}}
+    masked = {
+        "fgsm": {"0.01": per(0.5), "0.03": per(0.4)},
+        "pgd": {"0.01": per(0.8), "0.03": per(0.75)},
+    }
     bad = masking_checks(masked, tr, chance=1 / 3, margin=0.1)
     assert not bad["passed"]
     assert bad["iterative_beats_one_step"] is False
     assert bad["falls_towards_chance"] is False
-    assert bad["whitebox_beats_transfer"] is False  # pgd 0.55 > transfer 0.5 at 0.03
-    assert any("pgd 0.600 > best one-step 0.500" in f for f in bad["flags"])
+    assert bad["whitebox_beats_transfer"] is False  # pgd 0.75 > transfer 0.5 at 0.03: 15 images
+    assert any("pgd 0.800 > best one-step (fgsm) 0.500 at eps 0.01" in f for f in bad["flags"])
     assert masking_checks(wb, None, chance=1 / 3)["whitebox_beats_transfer"] is None
 
 
@@ -285,7 +293,7 @@ def test_dvc_yaml_foreach_lists_follow_the_registries():
     from advpipe.defenses.registry import DEFENSES, FINE_TUNED
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert list(stages["attack"]["foreach"]) == list(ATTACKS)
+    assert list(stages["attack"]["foreach"]) == [*ATTACKS, "autoattack"]
     assert list(stages["train"]["foreach"]) == list(FINE_TUNED)
     assert list(stages["evaluate"]["foreach"]) == list(DEFENSES)
     for name in FINE_TUNED:  # each trains with its own params group

@@ -25,6 +25,34 @@ def test_pgd_equals_foolbox_from_the_same_start(tiny, batch):
         assert np.abs(a - x).max() == pytest.approx(e, abs=1e-6)
 
 
+def test_pgd_l2_equals_foolbox_from_the_same_start(tiny, batch):
+    import foolbox as fb
+
+    x, y = batch
+    eps = [0.5, 2.0]  # L2 radii (the 32x32x3 images: an L-inf 1/255 step is ~0.22 in L2)
+    ours = PGD(tiny, steps=7, rel_stepsize=0.3, random_start=False, norm="l2")(x, y, eps)
+    attack = fb.attacks.L2PGD(steps=7, rel_stepsize=0.3, random_start=False)
+    _, theirs, _ = attack(
+        fb.TensorFlowModel(tiny, bounds=(0, 1)), tf.constant(x), tf.constant(y), epsilons=eps
+    )
+    for a, b, e in zip(ours, theirs, eps):
+        assert np.abs(a - b.numpy()).max() <= 1e-5
+        norms = np.sqrt(((a - x).astype(np.float64) ** 2).reshape(len(x), -1).sum(1))
+        assert norms.max() <= e * (1 + 1e-5) and norms.max() > 0.5 * e
+
+
+def test_pgd_l2_random_start_stays_in_the_ball_and_beats_no_attack(tiny, batch):
+    x, y = batch
+    eps = 3.0
+    adv = PGD(tiny, steps=10, rel_stepsize=0.25, random_start=True, norm="l2", seed=2)(x, y, eps)
+    norms = np.sqrt(((adv - x).astype(np.float64) ** 2).reshape(len(x), -1).sum(1))
+    assert norms.max() <= eps * (1 + 1e-5) and adv.min() >= 0 and adv.max() <= 1
+    ce = lambda images: tf.nn.sparse_softmax_cross_entropy_with_logits(y, tiny(images)).numpy()
+    assert ce(adv).mean() > ce(x).mean()
+    with pytest.raises(ValueError, match="norm"):
+        PGD(tiny, norm="l1")
+
+
 def test_pgd_is_stronger_than_fgsm_and_stays_in_the_ball(tiny, batch):
     x, y = batch
     eps = 0.03
@@ -57,7 +85,7 @@ def test_generate_takes_per_example_epsilon_inside_a_compiled_function(tiny, bat
             "step_ll": {},
             "fgm": {"norm": "linf_equivalent"},
             "rfgsm": {"alpha_fraction": 0.5},
-            "pgd": {"steps": 3, "rel_stepsize": 0.5, "random_start": True},
+            "pgd": {"steps": 3, "rel_stepsize": 0.5, "random_start": True, "norm": "linf"},
         },
     }
     attack = build_attack(name, tiny, params)

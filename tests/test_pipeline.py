@@ -121,11 +121,35 @@ def test_plots_and_figure(repo):
     shown = json.loads(out)["data"]
     for plot in ("top1_vs_eps", "top5_vs_eps"):
         values = shown[plot][0]["content"]["data"]["values"]
-        assert {v["filename"] for v in values} == {f"{a}.csv" for a in ATTACKS}
-        for a in ATTACKS:  # one line per attack: the clean point and every eps of its grid
+        lines = ATTACKS + (["autoattack"] if plot == "top1_vs_eps" else [])  # AA: no top-5
+        assert {v["filename"] for v in values} == {f"{a}.csv" for a in lines}
+        for a in lines:  # one line per attack: the clean point and every eps of its grid
             assert len([v for v in values if v["attack"] == a]) == 1 + len(
                 params["attacks"][a]["epsilons"]
             )
+
+
+def test_autoattack_on_the_attack_set(repo):
+    """attack@autoattack: the standard cascade on the bundled images, never above PGD."""
+    d, _ = repo
+    m = _metrics(d, "metrics/attacks/autoattack.json")
+    params = yaml.safe_load((d / "params.yaml").read_text())["attacks"]
+    grid = sorted(params["autoattack"]["epsilons"])
+    assert list(m["eps"]) == [f"{e:g}" for e in grid]
+    assert m["standard"] and m["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert m["sanity"]["warnings"] == []
+    pgd = _metrics(d, "metrics/attacks/pgd.json")
+    for e in grid:
+        cell = m["eps"][f"{e:g}"]
+        n_correct = round(m["clean"]["top1"] * m["n_images"])
+        rows = cell["per_attack"]
+        assert rows[0]["attacked"] == n_correct
+        robust = n_correct - sum(r["broken"] for r in rows)
+        assert cell["top1"] == pytest.approx(robust / m["n_images"])
+        assert cell["max_norm"] <= e * (1 + 1e-5) + 1e-6
+        if f"{e:g}" in pgd["eps"]:
+            assert cell["top1"] <= pgd["eps"][f"{e:g}"]["top1"]
+    assert not (d / "resume").exists()  # finished: nothing left to resume
 
 
 def test_forced_rerun_leaves_metrics_diff_empty(repo):

@@ -281,7 +281,7 @@ SOURCES = ("samples", "urls", "folder", "imagenette")
 IMAGENETTE_ARCHIVES = ("imagenette2-160", "imagenette2-320", "imagenette2")
 SETS = ("attack_set", "defense_set")
 MODELS = _model_registry.MODELS
-TRANSFER_MODELS = _model_registry.PRETRAINED
+TRANSFER_MODELS = _model_registry.IMAGENET_MODELS
 DECISION_ATTACKS = _attack_registry.DECISION_ATTACKS
 WEIGHT_FILE_MODELS = _model_registry.KERAS_APPLICATIONS
 #: The default ε grid: the proposal's {0.001, 0.005, 0.01, 0.05, 0.1} merged with
@@ -368,6 +368,58 @@ def _url_default(key: str) -> Any:
     from .data.url_source import UrlSettings
 
     return UrlSettings.__dataclass_fields__[key].default
+
+
+def _autoattack() -> dict[str, Rule]:
+    """``attacks.autoattack``: the protocol's settings; the components' options default to
+    the library's :class:`advpipe.attacks.autoattack.Settings` (the authors' values)."""
+    from .attacks.autoattack import COMPONENTS, VERSIONS, Settings
+
+    d = lambda key: Settings.__dataclass_fields__[key].default  # noqa: E731
+    custom = "(custom version; `standard` uses the authors' value)"
+    return {
+        "attacks.autoattack.epsilons": param(
+            epsilon_list(), [0.00392157], "the ε of the attack set's AutoAttack runs (1/255)"
+        ),
+        "attacks.autoattack.norm": param(choice("linf", "l2"), "linf", "the threat model"),
+        "attacks.autoattack.version": param(
+            choice(*VERSIONS),
+            "standard",
+            "`standard`: APGD-CE → APGD-T → FAB-T → Square, the authors' settings; "
+            "`custom`: `attacks` with the options below",
+        ),
+        "attacks.autoattack.attacks": param(
+            choice_list(*COMPONENTS),
+            ["apgd-ce", "apgd-t", "fab-t", "square"],
+            "the cascade of the custom version, in order",
+        ),
+        "attacks.autoattack.apgd_steps": param(
+            integer(1, 100000), d("apgd_steps"), f"APGD iterations {custom}"
+        ),
+        "attacks.autoattack.apgd_restarts": param(
+            integer(1, 1000), d("apgd_restarts"), f"APGD random restarts {custom}"
+        ),
+        "attacks.autoattack.n_target_classes": param(
+            integer(1, 999),
+            d("n_target_classes"),
+            f"target classes of APGD-T / FAB-T, capped at classes − 1 {custom}",
+        ),
+        "attacks.autoattack.fab_steps": param(
+            integer(1, 100000), d("fab_steps"), f"FAB-T iterations {custom}"
+        ),
+        "attacks.autoattack.fab_restarts": param(
+            integer(1, 1000), d("fab_restarts"), f"FAB-T restarts {custom}"
+        ),
+        "attacks.autoattack.square_queries": param(
+            integer(1, 10**7), d("square_queries"), f"Square's query budget per image {custom}"
+        ),
+        "attacks.autoattack.square_p_init": param(
+            number(0, 1, lo_open=True), d("square_p_init"), f"Square's p_init {custom}"
+        ),
+        "attacks.autoattack.square_restarts": param(
+            integer(1, 1000), d("square_restarts"), f"Square's restarts {custom}"
+        ),
+    }
 
 
 def _sets(
@@ -537,6 +589,41 @@ SCHEMA: dict[str, Rule] = {
         "a Keras .h5 weight file for resnet50/vgg16, used instead of a download",
     ),
     "model.batch_size": param(integer(1, 4096), 32, "batch size of the attacks and predictions"),
+    "model.file.path": param(
+        optional_string(),
+        None,
+        "your own model (`model.name: file`): a .keras or .h5 file or a TensorFlow "
+        "SavedModel folder",
+    ),
+    "model.file.inputs": param(
+        choice(*_model_registry.FILE_INPUTS),
+        "unit",
+        "what the file model's input expects: RGB `unit` [0, 1] or `0_255` (preprocessing "
+        "inside it), or [0, 255] preprocessed the Keras `caffe`/`torch`/`tf` way or `lite` "
+        "((x·255 − 127)/128), applied by the wrapper",
+    ),
+    "model.file.outputs": param(
+        choice(*_model_registry.FILE_OUTPUTS),
+        "auto",
+        "`auto`: a final softmax is removed; other probabilities become log(clip(p, 1e-12, 1)), "
+        "flagged as possible gradient masking",
+    ),
+    "model.file.classes": param(
+        int_list(0, 999, non_empty=True, nullable=True),
+        None,
+        "the ImageNet class of each output; null: all 1,000, or the `classes` of a "
+        "pipeline model's <name>.json",
+    ),
+    "model.file.endpoint": param(
+        optional_string(),
+        None,
+        "SavedModel only: the function to call (null: `serve`, else `serving_default`)",
+    ),
+    "model.file.safe_mode": param(
+        boolean(),
+        True,
+        "false: let a .keras file's Lambda layers run their stored code (trusted files only)",
+    ),
     # ---------------------------------------------------------------- attacks
     "attacks.labels": param(
         choice("ground_truth", "predicted"),
@@ -565,6 +652,12 @@ SCHEMA: dict[str, Rule] = {
     "attacks.pgd.random_start": param(
         boolean(), True, "uniform start in the ε-ball (PGD); false: BIM"
     ),
+    "attacks.pgd.norm": param(
+        choice("linf", "l2"),
+        "linf",
+        "`linf`: sign steps, L∞ ball; `l2`: normalised-gradient steps, L2 ball (ε an L2 norm)",
+    ),
+    **_autoattack(),
     "attacks.deepfool.steps": param(integer(1), 50, "DeepFool's maximum steps"),
     "attacks.deepfool.candidates": param(
         integer(2, 1000), 10, "classes considered, the prediction included"
@@ -573,7 +666,7 @@ SCHEMA: dict[str, Rule] = {
     "attacks.deepfool.batch_size": param(integer(1, 4096), 10, "DeepFool's batch size"),
     # ---------------------------------------------------------------- defense
     "defense.model.trunk": param(
-        choice(*MODELS), "efficientnet_lite0", "the ImageNet trunk (paper: vgg16)"
+        choice(*_model_registry.ZOO), "efficientnet_lite0", "the ImageNet trunk (paper: vgg16)"
     ),
     "defense.model.weights_path": param(
         optional_string(), None, "Keras .h5 weights for a resnet50/vgg16 trunk"
@@ -633,6 +726,17 @@ SCHEMA: dict[str, Rule] = {
     "defense.evaluation.batch_size": param(integer(1, 4096), 32, "evaluation batch size"),
     "defense.evaluation.chance_margin": param(
         number(0, 1), 0.1, "masking check: PGD at the largest ε within this of chance"
+    ),
+    "defense.evaluation.autoattack_epsilons": param(
+        nullable(epsilon_list()),
+        None,
+        "ε of the AutoAttack column (null: `report_epsilon` only; Square costs ≈ 50 s "
+        "per surviving image on 2 cores)",
+    ),
+    "defense.evaluation.alpha": param(
+        number(0, 1, lo_open=True, hi_open=True),
+        0.05,
+        "significance level of the masking checks' paired (exact McNemar) tests",
     ),
     "defense.evaluation.report_epsilon": param(
         number(0, 1, lo_open=True), 0.01568627, "the ε of the table's attack columns (4/255)"
@@ -796,7 +900,8 @@ def _hint(full: str, prefix: str, known: set[str]) -> str:
     leaf = full[len(prefix) :]
     close = [prefix + c for c in difflib.get_close_matches(leaf, names, n=1, cutoff=0.7)]
     if not close:
-        close = sorted(k for k in known if k.rsplit(".", 1)[-1] == leaf)[:1]
+        same_leaf = sorted(k for k in known if k.rsplit(".", 1)[-1] == leaf)
+        close = difflib.get_close_matches(full, same_leaf, n=1, cutoff=0) or same_leaf[:1]
     if close:
         return f" (did you mean '{close[0]}'?)"
     group = f"'{prefix.rstrip('.')}'" if prefix else "the top level"
@@ -812,6 +917,14 @@ def _cross_checks(params: Mapping[str, Any]) -> list[str]:
             f"'model.weights_path' applies only to {' and '.join(WEIGHT_FILE_MODELS)} (a Keras "
             f".h5 weight file); model '{name}' does not use it: set it to null"
         )
+    path = get(params, "model.file.path", None)
+    uses_file = (
+        name == "file"
+        or "file" in get(params, "blackbox.transfer.models", [])
+        or (get(params, "blackbox.decision.model", None) == "file")
+    )
+    if uses_file and path is None:
+        problems.append("'model.file.path' is null but a model is 'file': set it to your model")
     if name in WEIGHT_FILE_MODELS and get(params, "data.image_size") != 224:
         problems.append(
             f"'data.image_size' must be 224 for model '{name}' (its ImageNet "

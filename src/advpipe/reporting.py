@@ -200,6 +200,15 @@ def defense_table(
             row[a] = ev["whitebox"].get(a, {}).get(key)
         for a in attacks:
             row[f"transfer_{a}"] = (ev["transfer"] or {}).get(a, {}).get(key)
+        aa = (ev.get("autoattack") or {}).get(key)
+        row["autoattack"] = None if aa is None else aa["robust_top1"]
+        row["worst_case"] = None if aa is None else aa["worst_case_top1"]
+        row["autoattack_broken_by"] = (
+            None
+            if aa is None
+            else "; ".join(f"{r['attack']} {r['broken']}" for r in aa["per_attack"] if r["broken"])
+        )
+        row["autoattack_standard"] = None if aa is None else bool(aa["standard"])
         row["deepfool_success"] = ev["deepfool"]["success_rate"]
         row["rho2"] = ev["deepfool"]["rho2"]
         leak = tr.get("label_leaking")
@@ -226,6 +235,7 @@ def defense_markdown(
     head = (
         ["model", "n train/val/test", "clean"]
         + [f"{a}" for a in attacks]
+        + ["AutoAttack", "worst case (AA ∧ PGD)"]
         + [f"transfer {a}" for a in attacks]
         + ["DeepFool success", "ρ₂", "label leaking", "masking checks"]
     )
@@ -233,6 +243,7 @@ def defense_markdown(
     for _, r in table.iterrows():
         cells = [f"{r['model']}", f"{r['n_train']}/{r['n_val']}/{r['n_test']}", _pct(r["clean"])]
         cells += [_pct(r[a]) for a in attacks]
+        cells += [_pct(r["autoattack"]), _pct(r["worst_case"])]
         cells += [_pct(r[f"transfer_{a}"]) for a in attacks]
         rho = r["rho2"]
         cells += [
@@ -242,6 +253,16 @@ def defense_markdown(
             r["masking_checks"],
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    broken = table[table["autoattack_broken_by"].fillna("") != ""]
+    if len(broken):
+        lines += ["", "Which AutoAttack component broke how many test images (in cascade order):"]
+        lines += [f"- **{r['model']}**: {r['autoattack_broken_by']}" for _, r in broken.iterrows()]
+    if (table["autoattack_standard"] == False).any():  # noqa: E712 (None: not run)
+        lines += [
+            "",
+            "AutoAttack ran its few-class variant (fewer than 4 classes: APGD-DLR and "
+            "targeted-CE APGD replace APGD-T); not the standard protocol.",
+        ]
     flagged = table[table["masking_flags"] != ""]
     if len(flagged):
         lines += ["", "Masking-check flags:"]

@@ -104,29 +104,54 @@ def noise_sign(shape, seed):
     return tf.sign(tf.random.stateless_normal(shape, seed=seed))
 
 
-def pgd(model, x, y, eps, steps, rel_stepsize, start=None):
-    """L∞ PGD / BIM (Madry et al. 2018; Kurakin et al. 2016), untargeted, cross-entropy.
+def pgd(model, x, y, eps, steps, rel_stepsize, start=None, norm="linf"):
+    """PGD / BIM (Madry et al. 2018; Kurakin et al. 2016), untargeted, cross-entropy.
 
-    ``steps`` iterations of x ← Π(x + rel_stepsize·ε·sign(∇J(x, y))), Π projecting onto
-    the ε-ball around the clean x and [0, 1]; ``start`` is the starting point's offset
-    (e.g. uniform in [−ε, ε] for PGD's random start; ``None``: the clean x, BIM).
+    ``steps`` iterations of x ← Π(x + rel_stepsize·ε·d), d = sign(∇J(x, y)) for L∞ or
+    ∇J/‖∇J‖₂ for L2, Π projecting onto the ε-ball (of ``norm``) around the clean x and
+    onto [0, 1]; ``start`` is the starting point's offset (e.g. :func:`uniform_start`
+    for PGD's random start; ``None``: the clean x, BIM).
     """
     eps = per_example(eps, x)
     size = rel_stepsize * eps
     x0 = x
-    adv = x0 if start is None else tf.clip_by_value(x0 + start, 0.0, 1.0)
+    adv = x0 if start is None else _project(x0, x0 + start, eps, norm)
 
     def body(i, adv):
         _, grad = loss_gradient(model, adv, y)
-        adv = adv + size * tf.sign(grad)
-        return i + 1, tf.clip_by_value(x0 + tf.clip_by_value(adv - x0, -eps, eps), 0.0, 1.0)
+        return i + 1, _project(x0, adv + size * _unit(grad, norm), eps, norm)
 
     # a graph loop, not an unrolled one: one gradient graph whatever the number of steps
     _, adv = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), adv))
     return adv
 
 
-def uniform_start(shape, eps, seed):
-    """PGD's random start: U(−ε, ε) per pixel, from a stateless seed."""
-    u = tf.random.stateless_uniform(shape, seed=seed, minval=-1.0, maxval=1.0)
-    return u * per_example(eps, u)
+def _l2(v):
+    return tf.sqrt(tf.reduce_sum(tf.square(v), axis=[1, 2, 3], keepdims=True))
+
+
+def _unit(grad, norm):
+    """The steepest-ascent direction of unit norm: sign (L∞) or the normalised gradient (L2)."""
+    return tf.sign(grad) if norm == "linf" else grad / tf.maximum(_l2(grad), 1e-12)
+
+
+def _project(x0, adv, eps, norm):
+    """Onto the ε-ball of ``norm`` around ``x0`` (``eps`` broadcastable), then onto [0, 1]."""
+    delta = adv - x0
+    if norm == "linf":
+        delta = tf.clip_by_value(delta, -eps, eps)
+    else:
+        delta = delta * tf.minimum(1.0, eps / tf.maximum(_l2(delta), 1e-12))
+    return tf.clip_by_value(x0 + delta, 0.0, 1.0)
+
+
+def uniform_start(shape, eps, seed, norm="linf"):
+    """PGD's random start, from a stateless seed: U(−ε, ε) per pixel (L∞), or a point
+    uniform in the L2 ε-ball (a Gaussian direction, radius ε·u^(1/d); Foolbox's L2PGD)."""
+    if norm == "linf":
+        u = tf.random.stateless_uniform(shape, seed=seed, minval=-1.0, maxval=1.0)
+        return u * per_example(eps, u)
+    g = tf.random.stateless_normal(shape, seed=seed)
+    d = tf.cast(tf.size(g), tf.float32)
+    r = tf.random.stateless_uniform([], seed=seed + 1) ** (1.0 / d)
+    return g / tf.maximum(tf.norm(g), 1e-12) * r * tf.cast(eps, tf.float32)

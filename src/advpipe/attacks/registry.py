@@ -26,7 +26,9 @@ ATTACKS: dict[str, AttackEntry] = {
     "fgm": AttackEntry("fgm", "FGM", ("norm",)),
     "rfgsm": AttackEntry("rfgsm", "RFGSM", ("alpha_fraction",)),
     "step_ll": AttackEntry("step_ll", "StepLL", ()),
-    "pgd": AttackEntry("pgd", "PGD", ("steps", "rel_stepsize", "random_start"), iterative=True),
+    "pgd": AttackEntry(
+        "pgd", "PGD", ("steps", "rel_stepsize", "random_start", "norm"), iterative=True
+    ),
 }
 ONE_STEP_NAMES = tuple(n for n, e in ATTACKS.items() if not e.iterative)
 ITERATIVE_NAMES = tuple(n for n, e in ATTACKS.items() if e.iterative)

@@ -8,7 +8,12 @@ On the same test images for every attack, ε and model:
 * **transfer** top-1: the same attacks crafted on a source model (the clean head)
   and evaluated on this one;
 * DeepFool success and ρ₂ (eq. 14) against this model;
-* the **gradient-masking checks** of :func:`advpipe.metrics.masking_checks`.
+* **AutoAttack** (:mod:`advpipe.attacks.autoattack`) robust accuracy at the ε asked for,
+  which attack broke each image, and the **per-image worst case** over AutoAttack and
+  PGD (an image counts as robust only if both fail on it): the headline figure;
+* the **gradient-masking checks** of :func:`advpipe.metrics.masking_checks` as paired
+  tests on the same images, plus APGD-CE against PGD (APGD significantly weaker: a flag)
+  and Square against the gradient attacks (Square breaking what they could not: masking).
 """
 
 from __future__ import annotations
@@ -38,13 +43,14 @@ def attack_accuracies(
 ) -> tuple[dict, float]:
     """Top-1 of ``target`` on examples from each attack (crafted on the attack's own model).
 
-    Returns ``({attack: {eps: top1}}, clean top-1 of the attacks' source model)``; the
-    attack's model is ``target`` for white-box, another model for transfer.
+    Returns ``({attack: {eps: bool per image, correct after the attack}}, clean top-1 of
+    the attacks' source model)``; the attack's model is ``target`` for white-box, another
+    model for transfer.
     """
     from ..inference import compiled_forward
 
     forward = compiled_forward(target)
-    counters = {name: {e: TopKCounter() for e in epsilons} for name in attacks}
+    correct = {name: {e: [] for e in epsilons} for name in attacks}
     source_clean = TopKCounter()
     timer = Timer()
     for start, x, y in iterate_batches(images, labels, batch_size):
@@ -55,18 +61,58 @@ def attack_accuracies(
                 if j == 0:
                     source_clean.update(prepared.clean_logits.numpy(), y)
                 for e in epsilons:
-                    counters[name][e].update(forward(attack.perturb(prepared, e)).numpy(), y)
+                    logits = forward(attack.perturb(prepared, e)).numpy()
+                    correct[name][e].append(logits.argmax(1) == y)
         progress(
             f"[{tag}] {start + len(x)}/{len(images)} images, {len(attacks)} attacks x "
             f"{len(epsilons)} eps, {timer.seconds:.0f} s"
         )
     return (
         {
-            name: {_eps_key(e): c.as_dict()["top1"] for e, c in per.items()}
-            for name, per in counters.items()
+            name: {
+                _eps_key(e): np.concatenate(c) if c else np.zeros(0, bool) for e, c in per.items()
+            }
+            for name, per in correct.items()
         },
         source_clean.as_dict()["top1"],
     )
+
+
+def _top1(per_image: dict) -> dict:
+    return {
+        name: {eps: float(np.mean(c)) if len(c) else 0.0 for eps, c in per.items()}
+        for name, per in per_image.items()
+    }
+
+
+def autoattack_summary(result, pgd_correct, alpha: float) -> dict:
+    """One AutoAttack run beside PGD on the same images: robust accuracy, per-attack
+    counts, the per-image worst case over both, APGD-CE vs PGD (paired test) and the
+    Square warning."""
+    from ..attacks.autoattack import square_warning
+    from ..metrics import paired_test
+
+    d = result.to_dict()
+    out = {k: d[k] for k in ("robust_top1", "per_attack", "standard", "note", "max_norm")}
+    if pgd_correct is not None:
+        worst = result.robust & np.asarray(pgd_correct, bool)
+        out["pgd_top1"] = float(np.mean(pgd_correct)) if len(worst) else 0.0
+        out["worst_case_top1"] = float(np.mean(worst)) if len(worst) else 0.0
+        out["pgd_only"] = int(np.sum(result.robust & ~np.asarray(pgd_correct, bool)))
+        if result.attacks and result.attacks[0] == "apgd-ce":
+            apgd_correct = np.array(
+                [b not in ("clean", "apgd-ce") for b in result.broken_by], dtype=bool
+            )
+            t = paired_test(apgd_correct, pgd_correct)
+            out["apgd_ce_vs_pgd"] = {
+                "apgd_ce_top1": float(np.mean(apgd_correct)) if len(worst) else 0.0,
+                **t,
+                "apgd_weaker": bool(t["p_value"] < alpha),
+            }
+    else:
+        out["worst_case_top1"] = d["robust_top1"]
+    out["square"] = square_warning(result)
+    return out
 
 
 def evaluate_defense(
@@ -81,13 +127,17 @@ def evaluate_defense(
     batch_size: int = 32,
     chance: float,
     margin: float,
+    alpha: float = 0.05,
+    autoattack: Callable | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Every measurement above for ``model`` on ``(images, labels)`` (labels: its class ids).
 
     ``whitebox``: attacks built on ``model``; ``transfer``: the same attacks built on the
-    source model (``None`` when ``model`` is the source). Returns nested, JSON-ready metrics
-    and a timing dict under ``"_seconds"``.
+    source model (``None`` when ``model`` is the source). ``autoattack``: ``None``, or a
+    callable ``(model, images, labels) -> {eps: AutoAttackResult}`` (e.g.
+    :func:`advpipe.attacks.autoattack.autoattack_epsilons` with its options bound).
+    Returns nested, JSON-ready metrics and a timing dict under ``"_seconds"``.
     """
     from ..attacks.deepfool import deepfool
 
@@ -103,14 +153,16 @@ def evaluate_defense(
         "n_images": int(len(images)),
         "clean_top1": clean,
         "epsilons": [_eps_key(e) for e in epsilons],
-        "whitebox": wb,
+        "whitebox": _top1(wb),
     }
+    tr = None
     if transfer:
         with Timer() as t:
-            out["transfer"], out["transfer_source_clean_top1"] = attack_accuracies(
+            tr, out["transfer_source_clean_top1"] = attack_accuracies(
                 transfer, model, images, labels, epsilons, batch_size, say, "transfer"
             )
         seconds["transfer"] = t.seconds
+        out["transfer"] = _top1(tr)
     else:
         out["transfer"] = None
     with Timer() as t:
@@ -128,6 +180,30 @@ def evaluate_defense(
         )
     }
     out["deepfool"]["top1_after"] = df["adversarial"]["top1"]
-    out["masking"] = masking_checks(out["whitebox"], out["transfer"], chance=chance, margin=margin)
+    out["masking"] = masking_checks(wb, tr, chance=chance, margin=margin, alpha=alpha)
+    out["autoattack"] = None
+    if autoattack is not None:
+        with Timer() as t:
+            runs = autoattack(model, images, labels)
+        seconds["autoattack"] = t.seconds
+        pgd = wb.get("pgd", {})
+        out["autoattack"] = {
+            _eps_key(e): autoattack_summary(r, pgd.get(_eps_key(e)), alpha) for e, r in runs.items()
+        }
+        for e, summary in out["autoattack"].items():
+            if summary.get("apgd_ce_vs_pgd", {}).get("apgd_weaker"):
+                c = summary["apgd_ce_vs_pgd"]
+                out["masking"]["flags"].append(
+                    f"APGD-CE {c['apgd_ce_top1']:.3f} > PGD {summary['pgd_top1']:.3f} at eps "
+                    f"{e} (paired p = {c['p_value']:.2g}): APGD weaker than PGD"
+                )
+                out["masking"]["passed"] = False
+            if summary["square"]["warning"]:
+                q = summary["square"]
+                out["masking"]["flags"].append(
+                    f"Square broke {q['broken_by_gradient_free']} image(s) the gradient "
+                    f"attacks could not at eps {e} (> {q['threshold']:.1%}): gradient masking"
+                )
+                out["masking"]["passed"] = False
     out["_seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     return out

@@ -1,0 +1,65 @@
+"""Resuming a long computation per ε: finished parts are kept until the whole run ends.
+
+An AutoAttack evaluation runs for minutes to hours per ε. :class:`PerEpsilonStore`
+writes each finished ε's result (a JSON-ready dict) atomically into a folder named by a
+fingerprint of everything the result depends on (settings, images, code); a run that
+was interrupted finds the finished ε there and computes only the others. A change of
+settings, images or code changes the fingerprint, so nothing stale is reused. The
+caller removes the folder once every output is written (:meth:`clear`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from .reporting import atomic_write_text
+
+
+def fingerprint(*parts) -> str:
+    """A short hash of JSON-able values, NumPy arrays (their bytes) and file trees."""
+    h = hashlib.sha256()
+    for part in parts:
+        if hasattr(part, "tobytes"):
+            h.update(str((part.dtype, part.shape)).encode())
+            h.update(part.tobytes())
+        elif isinstance(part, Path):
+            files = sorted(part.rglob("*.py")) if part.is_dir() else [part]
+            for f in files:
+                h.update(str(f.relative_to(part) if part.is_dir() else f.name).encode())
+                h.update(f.read_bytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+class PerEpsilonStore:
+    """Finished per-ε results under ``directory/<key>/eps_<ε>.json``."""
+
+    def __init__(self, directory: str | Path, key: str):
+        self.root = Path(directory)
+        self.path = self.root / key
+
+    def _file(self, eps: float) -> Path:
+        return self.path / f"eps_{float(eps):.10g}.json"
+
+    def get(self, eps: float) -> dict | None:
+        f = self._file(eps)
+        if not f.is_file():
+            return None
+        try:
+            return json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):  # a damaged file: compute again
+            return None
+
+    def put(self, eps: float, result: Mapping) -> None:
+        atomic_write_text(self._file(eps), json.dumps(result))
+
+    def clear(self) -> None:
+        """Remove this run's folder (and ``directory`` when nothing else is left in it)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self.root.is_dir() and not any(self.root.iterdir()):
+            self.root.rmdir()
