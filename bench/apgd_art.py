@@ -227,10 +227,15 @@ class Contest:
                 getattr(out, side)[lo:hi] = pred == yb
                 out.norms[side][lo:hi] = perturbation_norms(xb, adv, "linf")
             out.ours_success[lo:hi] = result.success
+            full = (
+                f" (no early exit {out.seconds['ours_full'][-1]:.1f}s)" if lo < speed_images else ""
+            )
+            ours_only, art_only, _ = mcnemar_two_sided(out.ours[:hi], out.art[:hi])
             print(
-                f"  [{self.label} eps={eps * 255:g}/255] images {hi}/{n}: ours "
-                f"{out.seconds['ours'][-1]:.1f}s, ART {out.seconds['art'][-1]:.1f}s",
-                file=sys.stderr,
+                f"  [{self.label} eps={eps * 255:g}/255] images {hi}/{n}: seconds ours "
+                f"{out.seconds['ours'][-1]:.1f}{full}, ART {out.seconds['art'][-1]:.1f}; so far "
+                f"clean {out.clean[:hi].sum()}, robust ours {out.ours[:hi].sum()}, ART "
+                f"{out.art[:hi].sum()}, robust under ours only {ours_only}, ART only {art_only}",
                 flush=True,
             )
         return out

@@ -126,6 +126,9 @@ def test_autoattack_cascade_on_the_tiny_model(tiny, batch):
     again = AutoAttackResult.from_dict(json.loads(json.dumps(res.to_dict())))
     np.testing.assert_array_equal(again.robust, res.robust)
     assert again.per_attack() == rows
+    assert set(again.seconds) == set(res.seconds) == set(res.attacks)
+    # wall-clock time stays out of what the metrics files get
+    assert all(set(r) == {"attack", "attacked", "broken", "robust_after"} for r in rows)
 
 
 def test_autoattack_cannot_fool_a_constant_model():

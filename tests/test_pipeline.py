@@ -149,6 +149,9 @@ def test_autoattack_on_the_attack_set(repo):
         assert cell["max_norm"] <= e * (1 + 1e-5) + 1e-6
         if f"{e:g}" in pgd["eps"]:
             assert cell["top1"] <= pgd["eps"][f"{e:g}"]["top1"]
+    assert _timing_free(m) and all(
+        "seconds" not in r for c in m["eps"].values() for r in c["per_attack"]
+    )
     assert not (d / "resume").exists()  # finished: nothing left to resume
 
 

@@ -186,6 +186,9 @@ def evaluate_defense(
         with Timer() as t:
             runs = autoattack(model, images, labels)
         seconds["autoattack"] = t.seconds
+        for e, r in runs.items():
+            for attack, sec in r.seconds.items():
+                seconds[f"autoattack_{_eps_key(e)}_{attack}"] = sec
         pgd = wb.get("pgd", {})
         out["autoattack"] = {
             _eps_key(e): autoattack_summary(r, pgd.get(_eps_key(e)), alpha) for e, r in runs.items()
