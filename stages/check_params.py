@@ -27,4 +27,4 @@ def main(path: str = "params.yaml", ok: str = "checks/params.ok") -> None:
 
 
 if __name__ == "__main__":
-    common.run(main, *sys.argv[1:3])
+    common.run(main, *sys.argv[1:3], runtime=False)

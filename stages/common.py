@@ -86,16 +86,48 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split()) or type(exc).__name__
 
 
-def run(main, *args) -> None:
-    """Run a stage's ``main``; a user mistake ends in one ``error: ...`` line, exit status 1."""
+def run(main, *args, training: bool = False, runtime: bool = True) -> None:
+    """Run a stage's ``main``; a user mistake ends in one ``error: ...`` line, exit status 1.
+
+    With ``runtime`` (every stage but the params check), ``main`` runs inside the scope of
+    the strategy ``params.yaml``'s ``runtime`` group (and the environment) names, with its
+    XLA setting: models built and attacks compiled there run on its devices.
+    ``training``: the stage trains (``multi_worker`` applies).
+    """
     try:
-        main(*args)
+        if runtime:
+            with runtime_scope(params(), training=training):
+                main(*args)
+        else:
+            main(*args)
     except USER_ERRORS as exc:
         if os.environ.get("ADVPIPE_DEBUG"):
             raise
         sys.exit(f"error: {one_line(exc)}")
     except KeyboardInterrupt:
         sys.exit("error: interrupted")
+
+
+@contextlib.contextmanager
+def runtime_scope(p: dict, *, training: bool = False):
+    """The ``runtime`` group applied: XLA on or off, then the strategy's scope."""
+    from advpipe import runtime
+
+    distribute, devices = runtime.from_environment(
+        get(p, "runtime.distribute"), get(p, "runtime.devices")
+    )
+    runtime.set_jit_compile(get(p, "runtime.jit_compile"))
+    if training:  # attacks and evaluation always compute in float32
+        import keras
+
+        keras.mixed_precision.set_global_policy(
+            runtime.training_policy(get(p, "runtime.mixed_precision"))
+        )
+    strategy = runtime.make_strategy(distribute, devices, training=training)
+    if strategy.num_replicas_in_sync > 1 or distribute != "auto":
+        log(f"runtime: {distribute}, {strategy.num_replicas_in_sync} replica(s)")
+    with strategy.scope():
+        yield strategy
 
 
 def params() -> dict:

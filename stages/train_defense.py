@@ -30,6 +30,10 @@ def main(name: str) -> None:
     out = train_defense(
         name, defense_setup(p, name), (train_x, train_y), (val_x, val_y), classes, log=common.log
     )
+    from advpipe.runtime import is_chief
+
+    if not is_chief():  # a multi-worker run: only the chief writes the stage's outputs
+        return
     write_json(f"metrics/defense/train/{name}.json", out["metrics"])
     write_rows_csv(f"plots/defense/curves/{name}.csv", out["curves"])
     common.write_timing(f"train@{name}", out["timings"])
@@ -38,4 +42,4 @@ def main(name: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in DEFENSES:
         sys.exit(f"usage: python stages/train_defense.py {{{','.join(DEFENSES)}}}")
-    common.run(main, sys.argv[1])
+    common.run(main, sys.argv[1], training=True)

@@ -175,6 +175,24 @@ def test_forced_retrain_writes_the_same_model_file(repo):
     assert "up to date" in _run(["dvc", "status"], d, env)
 
 
+def test_runtime_distribute_and_devices_are_no_dependency(repo):
+    """Where the functions run changes no result: editing those keys re-runs nothing,
+    and a stage run on an explicit device writes the same metrics."""
+    d, env = repo
+    original = (d / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["runtime"]["distribute"] = "one_device"
+    params["runtime"]["devices"] = ["/cpu:0"]
+    try:
+        (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        assert "up to date" in _run(["dvc", "status"], d, env)
+        _run(["dvc", "repro", "-f", "-s", "attack@fgsm"], d, env)
+        assert json.loads(_run(["dvc", "metrics", "diff", "--json"], d, env)) == {}
+    finally:
+        (d / "params.yaml").write_text(original)
+    assert "up to date" in _run(["dvc", "status"], d, env)
+
+
 def test_second_repro_is_a_no_op_and_one_eps_change_reruns_one_attack(repo):
     d, env = repo
     assert "up to date" in _run(["dvc", "status"], d, env)
@@ -186,8 +204,8 @@ def test_second_repro_is_a_no_op_and_one_eps_change_reruns_one_attack(repo):
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run(["dvc", "repro"], d, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    # check_params re-runs on any edit of params.yaml; its output is unchanged, so only the
-    # stages that declare the changed key follow
+    # check_params re-runs on any edit of params.yaml (but runtime.distribute, .devices); its
+    # output is unchanged, so only the stages that declare the changed key follow
     assert ran == {"check_params", "attack@fgsm", "attack_plots"}
     diff = _run(["dvc", "metrics", "diff", "--json"], d, env)
     changed = json.loads(diff)

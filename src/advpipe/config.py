@@ -27,6 +27,7 @@ import yaml
 from .attacks import registry as _attack_registry
 from .defenses import registry as _defense_registry
 from .models import registry as _model_registry
+from .runtime import STRATEGIES as _STRATEGIES
 
 
 class ParamsError(ValueError):
@@ -249,6 +250,22 @@ def choice_list(*allowed: Any, required: bool = True) -> Rule:
         required,
         "non-empty list of distinct values from " + ", ".join(f"`{a}`" for a in allowed),
     )
+
+
+def device_list() -> Rule:
+    """Null, or a non-empty list of distinct device names (checked against the machine
+    when a stage starts: :func:`advpipe.runtime.check_devices`)."""
+
+    def check(v: Any) -> str | None:
+        if v is None:
+            return None
+        if not isinstance(v, list) or not v or not all(isinstance(d, str) and d for d in v):
+            return "must be null or a non-empty list of device names such as /gpu:0"
+        if len(set(v)) != len(v):
+            return f"must not repeat a device, got {v}"
+        return None
+
+    return Rule(check, True, "`null` or a non-empty list of device names (`/gpu:0`, `/cpu:0`)")
 
 
 def optional_positive_int() -> Rule:
@@ -515,6 +532,10 @@ GROUPS: dict[str, str] = {
     "([defenses](defenses.md)).",
     "blackbox": "The transfer matrices and the decision-based attack ([black-box](blackbox.md)).",
     "report": "The figure of adversarial examples (the proposal's Figure 4).",
+    "runtime": "Where the compiled functions run ([scaling out](scaling.md)). `distribute` and "
+    "`devices` cannot change a result, so they are no stage's dependency (environment "
+    "overrides: `ADVPIPE_DISTRIBUTE`, `ADVPIPE_DEVICES`); `jit_compile` and "
+    "`mixed_precision` (training only) can, so they are.",
 }
 
 SCHEMA: dict[str, Rule] = {
@@ -800,6 +821,25 @@ SCHEMA: dict[str, Rule] = {
     ),
     "report.figure.n_images": param(integer(1, 20), 2, "how many images the figure shows"),
     "report.figure.epsilons": param(epsilon_list(), [0.001, 0.01, 0.05], "one row per ε"),
+    # ---------------------------------------------------------------- runtime
+    "runtime.distribute": param(
+        choice(*_STRATEGIES),
+        "auto",
+        "`auto`: mirrored over the GPUs when more than one is visible, else one device; "
+        "`multi_worker`: the cluster of `TF_CONFIG` (training)",
+    ),
+    "runtime.devices": param(
+        device_list(), None, "devices to use, e.g. `[/gpu:0, /gpu:1]`; null: every visible one"
+    ),
+    "runtime.jit_compile": param(
+        boolean(), False, "compile the attack and training functions with XLA"
+    ),
+    "runtime.mixed_precision": param(
+        boolean(),
+        False,
+        "train in bfloat16 (CPU with AVX512_BF16) or float16 (GPU); models are saved, "
+        "attacked and evaluated in float32",
+    ),
 }
 
 

@@ -13,6 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 from .data.images import to_unit_float
+from .runtime import compiled
+from .sharding import sharded
 
 
 def image_spec(model) -> tf.TensorSpec:
@@ -21,13 +23,14 @@ def image_spec(model) -> tf.TensorSpec:
 
 
 def compiled_forward(model) -> Callable[[tf.Tensor], tf.Tensor]:
-    """``f(x) -> logits`` compiled once; inference mode (batch-norm statistics frozen)."""
+    """``f(x) -> logits`` compiled once; inference mode (batch-norm statistics frozen);
+    run on per-replica shards of the batch under a multi-device strategy."""
 
-    @tf.function(input_signature=[image_spec(model)])
+    @compiled(input_signature=[image_spec(model)])
     def forward(x):
         return model(x, training=False)
 
-    return forward
+    return sharded(forward)
 
 
 def iterate_batches(

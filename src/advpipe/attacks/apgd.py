@@ -37,6 +37,8 @@ import numpy as np
 import tensorflow as tf
 
 from ..inference import compiled_forward, image_spec
+from ..runtime import compiled
+from ..sharding import sharded
 from .bounded import (
     AttackResult,
     BoundedAttack,
@@ -198,14 +200,21 @@ class APGD(BoundedAttack):
 
         spec = image_spec(model)
         self._forward = compiled_forward(model)
-        self._logit_loss = tf.function(
-            self._loss_fn,
-            input_signature=[tf.TensorSpec([None, self.num_classes], tf.float32), LABELS, LABELS],
+        self._logit_loss = sharded(
+            compiled(
+                self._loss_fn,
+                input_signature=[
+                    tf.TensorSpec([None, self.num_classes], tf.float32),
+                    LABELS,
+                    LABELS,
+                ],
+            )
         )
-        self._start = tf.function(
-            self._start_fn, input_signature=[spec, SEEDS, SCALAR, LABELS, LABELS]
+        self._start = sharded(
+            compiled(self._start_fn, input_signature=[spec, SEEDS, SCALAR, LABELS, LABELS]),
+            replicated=(2,),
         )
-        self._step = tf.function(
+        self._step = compiled(
             self._step_fn,
             input_signature=[
                 spec, spec, spec, spec, spec, spec,  # x0, x, x_prev, grad, x_best, grad_best
@@ -213,6 +222,7 @@ class APGD(BoundedAttack):
                 SCALAR, SCALAR, LABELS, LABELS,  # eps, alpha, y, target
             ],
         )  # fmt: skip
+        self._step = sharded(self._step, replicated=(9, 10))
 
     # -- compiled ------------------------------------------------------------------------
     def _loss_gradient(self, x, y, target):

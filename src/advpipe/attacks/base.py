@@ -27,6 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from ..inference import compiled_forward, image_spec
+from ..runtime import compiled
+from ..sharding import sharded
 from . import core
 
 LABEL_MODES = ("ground_truth", "predicted")
@@ -37,9 +39,11 @@ class LossGradient:
     """Compiled ``(logits, dJ/dx)`` for the summed softmax cross-entropy of a model."""
 
     def __init__(self, model):
-        self._fn = tf.function(
-            lambda x, y: core.loss_gradient(model, x, y),
-            input_signature=[image_spec(model), tf.TensorSpec([None], tf.int64)],
+        self._fn = sharded(
+            compiled(
+                lambda x, y: core.loss_gradient(model, x, y),
+                input_signature=[image_spec(model), tf.TensorSpec([None], tf.int64)],
+            )
         )
 
     def __call__(self, x, y):
@@ -84,13 +88,16 @@ class Attack:
         eps = tf.TensorSpec([], tf.float32)
         labels_spec = tf.TensorSpec([None], tf.int64)
         if self.reuses_gradient:
-            self._direction_c = tf.function(
-                self._direction_with_labels, input_signature=[spec, labels_spec]
+            self._direction_c = sharded(
+                compiled(self._direction_with_labels, input_signature=[spec, labels_spec])
             )
-            self._step_c = tf.function(core.step, input_signature=[spec, spec, eps])
+            self._step_c = sharded(
+                compiled(core.step, input_signature=[spec, spec, eps]), replicated=(2,)
+            )
         else:
-            self._generate_c = tf.function(
-                self.generate, input_signature=[spec, labels_spec, eps, SEED_SPEC]
+            self._generate_c = sharded(
+                compiled(self.generate, input_signature=[spec, labels_spec, eps, SEED_SPEC]),
+                replicated=(2,),
             )
 
     # -- the pure-TensorFlow entry point ------------------------------------------------

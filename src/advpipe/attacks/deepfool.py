@@ -36,6 +36,8 @@ import tensorflow as tf
 
 from ..inference import compiled_forward, image_spec, iterate_batches
 from ..metrics import Timer, rho2, topk_hits
+from ..runtime import compiled
+from ..sharding import sharded
 
 JACOBIAN_MODES = ("loop", "batch")
 
@@ -198,13 +200,14 @@ def make_deepfool(
 ):
     """:func:`deepfool_tf` compiled once for ``model`` (free batch dimension, evaluation mode).
 
-    Returns a ``tf.function`` ``f(x, targets) -> (x_adv, r_total, clean_logits, adv_logits)``;
+    Returns a compiled ``f(x, targets) -> (x_adv, r_total, clean_logits, adv_logits)``;
     ``x`` float32 (N, H, W, C) in [0, 1], ``targets`` int64 (N,), ``-1`` = untargeted.
     ``f.experimental_get_tracing_count()`` counts its traces.
     """
     model_fn = lambda t: model(t, training=False)  # noqa: E731
 
-    @tf.function(input_signature=[image_spec(model), tf.TensorSpec([None], tf.int64)])
+    # XLA cannot compile the loop's gathers of a shrinking active set: TensorFlow graphs only
+    @compiled(input_signature=[image_spec(model), tf.TensorSpec([None], tf.int64)], xla=False)
     def run(x, targets):
         logits = model_fn(x)
         x_adv, r_total = deepfool_tf(
@@ -219,7 +222,7 @@ def make_deepfool(
         )
         return x_adv, r_total, logits, model_fn(x_adv)
 
-    return run
+    return sharded(run)
 
 
 @dataclass

@@ -44,6 +44,8 @@ import numpy as np
 import tensorflow as tf
 
 from ..inference import compiled_forward, image_spec
+from ..runtime import compiled
+from ..sharding import sharded
 from .bounded import AttackResult, BoundedAttack, as_column, image_seeds, lp_norm, random_start
 
 #: The value the authors use for "no saturation" in the L2 projection.
@@ -212,14 +214,17 @@ class FABTargeted(BoundedAttack):
         self._pixels = int(np.prod(spec.shape[1:]))  # static: the projections sort rows
         labels = tf.TensorSpec([None], tf.int64)
         self._forward = compiled_forward(model)
-        self._step = tf.function(self._fab_step, input_signature=[spec, spec, labels, labels])
-        self._start = tf.function(
-            lambda x0, radius, seeds: random_start(x0, radius, self.norm, seeds),
-            input_signature=[
-                spec,
-                tf.TensorSpec([], tf.float32),
-                tf.TensorSpec([None, 2], tf.int64),
-            ],
+        self._step = sharded(compiled(self._fab_step, input_signature=[spec, spec, labels, labels]))
+        self._start = sharded(
+            compiled(
+                lambda x0, radius, seeds: random_start(x0, radius, self.norm, seeds),
+                input_signature=[
+                    spec,
+                    tf.TensorSpec([], tf.float32),
+                    tf.TensorSpec([None, 2], tf.int64),
+                ],
+            ),
+            replicated=(1,),
         )
 
     # -- one FAB iteration, compiled once ------------------------------------------------

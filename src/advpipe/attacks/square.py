@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..inference import image_spec
+from ..runtime import compiled
 from .bounded import AttackResult, BoundedAttack, image_seeds
 
 #: Iteration thresholds (of 10,000) after which p is halved again (the authors' schedule).
@@ -220,16 +221,16 @@ class Square(BoundedAttack):
         spec = image_spec(model)
         self._h, self._w, self._c = (int(d) for d in spec.shape[1:])
         labels = tf.TensorSpec([None], tf.int64)
-        self._margin = tf.function(self._margin_of, input_signature=[spec, labels])
-        self._init = tf.function(self._init_fn, input_signature=[spec, spec, labels, _SCALAR])
+        self._margin = compiled(self._margin_of, input_signature=[spec, labels])
+        self._init = compiled(self._init_fn, input_signature=[spec, spec, labels, _SCALAR])
         state = [spec, spec, _VECTOR, labels, _SCALAR]
         if self.norm == "linf":
             extra = [_INT, _INT, _SIDE, _SIGNS]
-            self._step = tf.function(self._linf_step, input_signature=state + extra)
+            self._step = compiled(self._linf_step, input_signature=state + extra)
         else:
             patterns = tf.TensorSpec([2, None, None], tf.float32)
             extra = [_INT, _INT, _INT, _INT, patterns, _INT, _SIGNS]
-            self._step = tf.function(self._l2_step, input_signature=state + extra)
+            self._step = compiled(self._l2_step, input_signature=state + extra)
 
     # -- compiled: proposal, forward pass, acceptance --------------------------------------
     def _init_fn(self, x0, direction, y, eps):

@@ -67,6 +67,9 @@ def sweep(
 
     ``images``: uint8 (N, H, W, 3) or float [0, 1]; ``labels``: true class indices.
     """
+    from ..runtime import require_float32
+
+    require_float32(attack.model, "attacks")
     epsilons = sorted(float(e) for e in epsilons)
     clean = TopKCounter()
     adv = {e: TopKCounter() for e in epsilons}

@@ -140,7 +140,9 @@ def evaluate_defense(
     Returns nested, JSON-ready metrics and a timing dict under ``"_seconds"``.
     """
     from ..attacks.deepfool import deepfool
+    from ..runtime import require_float32
 
+    require_float32(model, "the defense evaluation")
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     epsilons = sorted(float(e) for e in epsilons)
     seconds = {}

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..data.images import to_unit_float
+from ..runtime import compiled
 
 
 class TrainingDiverged(ValueError):
@@ -65,6 +66,8 @@ def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
 
 
 def cross_entropy(labels, logits):
+    """Per-example softmax cross-entropy, in float32 whatever the model computes in."""
+    logits = tf.cast(logits, tf.float32)
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
 
 
@@ -105,6 +108,24 @@ class History:
     seconds_per_step: float = float("nan")
 
 
+def check_batch_norm(model, replicas: int) -> None:
+    """Several replicas need batch norm frozen: each would otherwise normalise with its own
+    share's statistics and update its own moving averages (the defense models keep every
+    BatchNormalization layer frozen, in inference mode, whatever ``trainable_blocks``)."""
+    if replicas < 2:
+        return
+    live = [
+        layer.name
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
+    if live:
+        raise ValueError(
+            f"runtime.distribute: training over {replicas} replicas needs batch norm frozen; "
+            f"trainable BatchNormalization layers: {live[:3]}{' ...' if len(live) > 3 else ''}"
+        )
+
+
 class Trainer:
     """Trains ``model`` with ``method``'s loss; see the module docstring.
 
@@ -135,6 +156,7 @@ class Trainer:
         self.save = save
         self.to_input = to_input
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        check_batch_norm(model, self.strategy.num_replicas_in_sync)
         with self.strategy.scope():
             self.optimizer = make_optimizer(cfg)
             # slots created here, in cross-replica context, not inside the first compiled step
@@ -154,7 +176,7 @@ class Trainer:
             optimizer.apply_gradients(zip(grads, variables))
             return stats
 
-        @tf.function
+        @compiled
         def train_step(x, y, step):
             stats = strategy.run(replica_step, args=(x, y, step))
             return {

@@ -152,13 +152,49 @@ def head_of(model: keras.Model) -> keras.Model:
     return model.get_layer("head")
 
 
+def _float32_config(obj):
+    """A model config with every mixed dtype policy replaced by float32."""
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "DTypePolicy" and isinstance(obj.get("config"), dict):
+            name = obj["config"].get("name", "")
+            if isinstance(name, str) and name.startswith("mixed_"):
+                return {**obj, "config": {**obj["config"], "name": "float32"}}
+        return {k: _float32_config(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_float32_config(v) for v in obj]
+    if isinstance(obj, str) and obj.startswith("mixed_"):
+        return "float32"
+    return obj
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """``model`` itself when it computes in float32, else a float32 model with its weights
+    (the variables of a mixed-precision model are float32 already: nothing is rounded)."""
+    if all(
+        getattr(layer, "compute_dtype", "float32") == "float32"
+        for layer in model._flatten_layers(include_self=True)
+    ):
+        return model
+    import advpipe.models.preprocessing  # noqa: F401  (registers the custom layers)
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = model.__class__.from_config(_float32_config(model.get_config()))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def save_model(model: keras.Model, path: str | Path, info: dict | None = None) -> Path:
-    """Save ``model`` as ``.keras`` (and ``info`` as a JSON sidecar), each atomically."""
+    """Save ``model`` as ``.keras`` (and ``info`` as a JSON sidecar), each atomically; a
+    model trained in mixed precision is saved as its float32 copy (:func:`float32_copy`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     try:
-        model.save(tmp)
+        float32_copy(model).save(tmp)
         _make_reproducible(tmp)
         os.replace(tmp, path)
     finally:

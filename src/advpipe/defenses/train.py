@@ -10,8 +10,10 @@ curves, metrics (with label leaking for adversarial training) and timings.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ import tensorflow as tf
 from ..attacks.registry import make_attack
 from ..inference import compiled_forward, predict_logits
 from ..metrics import Timer, accuracy
+from ..runtime import compiled, output_dir
 from .loop import CleanLoss, TrainConfig, Trainer
 from .model import build_defense_model, head_of, load_model, save_model, trunk_of
 from .registry import DEFENSES, model_path
@@ -125,7 +128,10 @@ def train_defense(
         else:
             model = load_model(model_path("clean"), trainable_blocks=blocks)
     (x_train, y_train), (x_val, y_val) = train, val
-    path = model_path(name)
+    # every worker of a multi-worker run saves (Keras needs it); only the chief's copy counts
+    scratch = contextlib.ExitStack()
+    final = Path(model_path(name))
+    path = Path(scratch.enter_context(output_dir(final.parent, strategy))) / final.name
     info = {
         "name": name,
         "method": entry.method,
@@ -204,6 +210,7 @@ def train_defense(
         )
         history = trainer.fit(inputs, y_train)
     best = load_model(path)
+    scratch.close()
     metrics = {
         "model": name,
         "classes": classes,
@@ -271,7 +278,7 @@ def attacked_accuracy(
     key = (id(model), attack_name, mode)
     if key not in _COMPILED:  # one compiled attack + forward per model, reused every epoch
         attack = _attack(setup, attack_name, model, mode)
-        _COMPILED[key] = (tf.function(attack.generate), compiled_forward(model))
+        _COMPILED[key] = (compiled(attack.generate), compiled_forward(model))
     generate, forward = _COMPILED[key]
     eps_all = sample_epsilons(
         len(images),
