@@ -155,3 +155,21 @@ def test_saved_models_load_with_keras(run):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "(1, 3)" in out.stdout
+
+
+def test_robust_methods_pick_their_best_epoch_by_val_robust_accuracy(run):
+    """PGD-AT, TRADES and fast AT: trained at their ε (2/255), the best epoch chosen by val
+    accuracy under PGD, the overfitting guard's checks recorded (it fired: a dict)."""
+    dest, _ = run
+    for name in ("pgd_at", "trades", "fast_at"):
+        m = _json(dest, f"metrics/defense/train/{name}.json")
+        assert m["monitor"] == "val_robust_acc", name
+        assert m["epsilon"] == pytest.approx(2 / 255, rel=1e-3)
+        assert m["guard_checks"], name
+        assert all(0 <= c["robust_acc"] <= 1 for c in m["guard_checks"])
+        assert (
+            m["catastrophic_overfitting"] is None
+            or "restored_step" in m["catastrophic_overfitting"]
+        )
+        curves = (dest / f"plots/defense/curves/{name}.csv").read_text().splitlines()
+        assert "val_robust_acc" in curves[0] and len(curves) >= 2

@@ -361,6 +361,43 @@ def _train_rules(
             _train_defaults("lr_decay_at"),
             "halve the learning rate after this fraction of the epochs (optional)",
         ),
+        "accumulation_steps": param(
+            integer(1, 4096, required=False),
+            _train_defaults("accumulation_steps"),
+            "gradient accumulation: `batch_size` is the effective batch, run as this many "
+            "micro-batches (memory: batch_size / this) (optional)",
+        ),
+        "lr_schedule": param(
+            choice("constant", "cosine", "cyclic", "step", required=False),
+            _train_defaults("lr_schedule"),
+            "`constant` (with `lr_decay_at`), `cosine` to 0, `cyclic` one-cycle peaking at "
+            "`lr_peak_at`, `step` (÷10 at 50 % and 75 %) (optional)",
+        ),
+        "lr_peak_at": param(
+            number(0, 1, required=False),
+            _train_defaults("lr_peak_at"),
+            "cyclic: the fraction of the steps where the rate peaks (optional)",
+        ),
+        "augment": param(
+            choice("none", "crop_flip", "resized_crop_flip", required=False),
+            _train_defaults("augment"),
+            "random crop (padded) or resized crop, plus horizontal flip (optional)",
+        ),
+        "augment_pad": param(
+            integer(0, 64, required=False),
+            _train_defaults("augment_pad"),
+            "crop_flip: pixels of padding on each side (optional)",
+        ),
+        "augment_padding": param(
+            choice("reflect", "zero", required=False),
+            _train_defaults("augment_padding"),
+            "crop_flip: padding mode (optional)",
+        ),
+        "crop_scale_min": param(
+            number(0, 1, lo_open=True, required=False),
+            _train_defaults("crop_scale_min"),
+            "resized_crop_flip: smallest area fraction of the crop (optional)",
+        ),
     }
     for key, default in required.items():
         rules[key] = replace(
@@ -370,6 +407,62 @@ def _train_rules(
             doc=rules[key].doc.replace(" (optional)", ""),
         )
     return rules
+
+
+_ROBUST_METHOD_KEYS = {
+    "steps": (integer(1, 1000), "PGD steps that make each training example"),
+    "rel_stepsize": (number(0, lo_open=True), "PGD step size relative to ε (Madry: 0.25)"),
+    "clean_fraction": (
+        number(0, 1, hi_open=True),
+        "fraction of each batch left clean (0: every example adversarial)",
+    ),
+    "beta": (number(0, lo_open=True), "β, the weight of KL(p(x) ‖ p(x′)) (authors: 6)"),
+    "alpha": (number(0, lo_open=True), "FGSM step as a multiple of ε (Wong et al.: 1.25)"),
+}
+
+
+def _robust_group(group: str, **method: Any) -> dict[str, Rule]:
+    """``defense.<group>`` of a method that trains against an ε-ball attack (PGD-AT, TRADES,
+    fast AT): the training keys, ε and its ramp, the val robust accuracy that picks the best
+    epoch, the catastrophic-overfitting guard and the method's own keys."""
+    rules = {
+        **_train_rules("adam", 0.0001, 2, 32, 0, max_steps=4),
+        "epsilon": param(
+            number(0, 1, lo_open=True), 0.00784314, "training ε (L∞, [0, 1] pixels; 2/255)"
+        ),
+        "eps_warmup_epochs": param(
+            number(0), 1.0, "ε grows linearly from 0 over these epochs (0: full ε at once)"
+        ),
+        "val_pgd_steps": param(
+            integer(1, 1000), 10, "PGD steps of the val robust accuracy (picks the best epoch)"
+        ),
+        "val_pgd_restarts": param(
+            integer(1, 100), 1, "random starts of that PGD (robust only if every one fails)"
+        ),
+        "guard_checks_per_epoch": param(
+            integer(0, 1000),
+            4,
+            "catastrophic-overfitting guard: PGD accuracy on a held val batch this many "
+            "times per epoch (0: off)",
+        ),
+        "guard_drop": param(
+            number(0, 1),
+            0.2,
+            "the guard stops training and restores the previous check's weights when that "
+            "accuracy falls more than this below its best (Wong et al.: 20 points)",
+        ),
+        "guard_images": param(integer(1, 4096), 32, "the guard's held val batch"),
+        "trainable_blocks": param(
+            nullable(integer(0, 1000)),
+            None,
+            "trunk blocks this method trains on top of the clean head (null: "
+            "`defense.model.trainable_blocks`; 18: all of EfficientNet-Lite0's)",
+        ),
+    }
+    for key, default in method.items():
+        rule, doc = _ROBUST_METHOD_KEYS[key]
+        rules[key] = param(rule, default, doc)
+    return {f"defense.{group}.{k}": r for k, r in rules.items()}
 
 
 def _library_default(group: str, key: str) -> Any:
@@ -738,6 +831,9 @@ SCHEMA: dict[str, Rule] = {
         "ground_truth",
         "FGSM's labels (`ground_truth` shows label leaking; step-LL ignores it)",
     ),
+    **_robust_group("pgd_at", steps=7, rel_stepsize=0.25, clean_fraction=0.0),
+    **_robust_group("trades", beta=6.0, steps=10),
+    **_robust_group("fast_at", alpha=1.25),
     "defense.evaluation.split": param(
         choice("train", "val", "test"), "test", "the split every defense model is evaluated on"
     ),
@@ -785,7 +881,7 @@ SCHEMA: dict[str, Rule] = {
     ),
     "blackbox.transfer_defense.models": param(
         choice_list(*_defense_registry.DEFENSES),
-        ["clean", "kurakin_step_ll", "kurakin_fgsm", "deep_defense"],
+        ["clean", "kurakin_step_ll", "kurakin_fgsm", "deep_defense", "pgd_at", "trades", "fast_at"],
         "the defense models of the second matrix (attacks and ε: `blackbox.transfer`)",
     ),
     "blackbox.decision.model": param(

@@ -18,12 +18,39 @@ loop does the rest, as a Keras user expects:
   last best model, never a corrupt file; early stopping after ``patience`` epochs
   without strict improvement; a cap on the steps;
 * the learning curves as rows (one per epoch) for a DVC plot.
+
+Options for whole-network training on a small budget, each off by default (the default
+step function, random draws and curves are those of the plain loop):
+
+* ``accumulation_steps``: ``batch_size`` is the effective batch of one optimizer step;
+  each replica's share is cut into ``accumulation_steps`` equal micro-batches (memory
+  goes with the micro-batch, ``batch_size / (replicas · accumulation_steps)`` examples),
+  whose gradients are summed, each loss weighted by ``1 / accumulation_steps`` (a
+  method's loss is the mean over its batch, so the sum is the mean over the effective
+  batch), in one compiled step (a ``tf.while_loop`` that runs one micro-batch at a
+  time), then applied once. The method sees the optimizer step index as ``step`` for
+  every micro-batch; a method that seeds noise from ``step`` should fold in
+  :func:`micro_batch_index` too, or its micro-batches of one step draw the same noise;
+* ``lr_schedule`` (:mod:`advpipe.defenses.lr_schedules`): the learning rate assigned
+  before every optimizer step; each epoch's row then holds ``lr`` (the last step's);
+* ``augment`` (:mod:`advpipe.defenses.augment`): random crops and flips applied inside
+  the compiled step before the method's loss, seeded per image by (seed, step, index in
+  the global batch);
+* ``guard`` (:mod:`advpipe.defenses.overfitting_guard`): a robust-accuracy check called
+  ``guard_checks_per_epoch`` times per epoch; on a catastrophic-overfitting collapse the
+  weights of the previous check are restored, the epoch is closed and training stops
+  (``History.overfitting``).
+
+Batch norm needs no option: the defense models keep every BatchNormalization layer
+frozen, in inference mode (:mod:`advpipe.defenses.model`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +61,9 @@ import tensorflow as tf
 
 from ..data.images import to_unit_float
 from ..runtime import compiled
+from .augment import augment_batch, check_options, image_seeds
+from .lr_schedules import SCHEDULES, learning_rate_at
+from .overfitting_guard import OverfittingGuard
 
 
 class TrainingDiverged(ValueError):
@@ -41,6 +71,28 @@ class TrainingDiverged(ValueError):
 
 
 STAT_KEYS = ("loss_sum", "n", "clean_correct", "clean_n", "adv_correct", "adv_n")
+
+_MICRO = threading.local()  # per thread: MirroredStrategy traces each replica in its own
+
+
+def micro_batch_index():
+    """Inside a method's ``loss`` under gradient accumulation: the index of the micro-batch
+    (an int32 scalar tensor, 0 to ``accumulation_steps - 1``); else the constant 0.
+
+    For per-step noise seeds: ``step`` is the optimizer step, the same for every
+    micro-batch of it; fold this in (0 without accumulation, so seeds stay as they were)."""
+    index = getattr(_MICRO, "index", None)
+    return tf.constant(0, tf.int32) if index is None else index
+
+
+@contextlib.contextmanager
+def _micro_batch(index):
+    previous = getattr(_MICRO, "index", None)
+    _MICRO.index = index
+    try:
+        yield
+    finally:
+        _MICRO.index = previous
 
 
 @dataclass
@@ -55,6 +107,46 @@ class TrainConfig:
     lr_decay_at: float | None = None  # halve the learning rate after this fraction of epochs
     monitor: str = "val_acc"  # what picks the best epoch: a key evaluate() returns
     seed: int = 0
+    # gradient accumulation: batch_size is the effective batch of one optimizer step, run as
+    # this many equal micro-batches per replica (memory: batch_size / (replicas * this))
+    accumulation_steps: int = 1
+    lr_schedule: str = "constant"  # constant | cosine | cyclic | step (lr_schedules.py)
+    lr_peak_at: float = 0.4  # cyclic: the fraction of the steps where it peaks
+    augment: str = "none"  # none | crop_flip | resized_crop_flip (augment.py)
+    augment_pad: int = 4  # crop_flip: pixels of padding on each side
+    augment_padding: str = "reflect"  # crop_flip: reflect | zero
+    crop_scale_min: float = 0.35  # resized_crop_flip: smallest area fraction of the window
+    # catastrophic-overfitting guard: a callable returning robust accuracy on a fixed batch
+    guard: Callable[[], float] | None = None
+    guard_checks_per_epoch: int = 4
+    guard_drop: float = 0.2  # stop when robust accuracy falls this much below its best
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Raise ``ValueError`` for an option out of range or two options that conflict."""
+    if int(cfg.accumulation_steps) != cfg.accumulation_steps or cfg.accumulation_steps < 1:
+        raise ValueError(
+            f"accumulation_steps must be an integer >= 1, got {cfg.accumulation_steps}"
+        )
+    if cfg.lr_schedule not in SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {list(SCHEDULES)}, got {cfg.lr_schedule!r}")
+    if cfg.lr_schedule != "constant" and cfg.lr_decay_at is not None:
+        raise ValueError(
+            f"lr_decay_at halves a constant learning rate; lr_schedule '{cfg.lr_schedule}' "
+            "sets its own: leave lr_decay_at unset (null)"
+        )
+    if not 0.0 <= cfg.lr_peak_at <= 1.0:
+        raise ValueError(f"lr_peak_at must be in [0, 1], got {cfg.lr_peak_at}")
+    check_options(
+        mode=cfg.augment,
+        pad=cfg.augment_pad,
+        padding=cfg.augment_padding,
+        crop_scale_min=cfg.crop_scale_min,
+    )
+    if cfg.guard is not None and cfg.guard_checks_per_epoch < 1:
+        raise ValueError(
+            f"guard_checks_per_epoch must be at least 1, got {cfg.guard_checks_per_epoch}"
+        )
 
 
 def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
@@ -106,6 +198,10 @@ class History:
     seconds: float = 0.0
     stopped_early: bool = False
     seconds_per_step: float = float("nan")
+    # the overfitting guard's checks ({"step", "robust_acc"}) and, after a collapse, what
+    # OverfittingGuard.event says ({"step", "before", "after", "best", "restored_step"})
+    guard_checks: list[dict] = field(default_factory=list)
+    overfitting: dict | None = None
 
 
 def check_batch_norm(model, replicas: int) -> None:
@@ -156,6 +252,7 @@ class Trainer:
         self.save = save
         self.to_input = to_input
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        check_config(cfg)
         check_batch_norm(model, self.strategy.num_replicas_in_sync)
         with self.strategy.scope():
             self.optimizer = make_optimizer(cfg)
@@ -166,8 +263,9 @@ class Trainer:
     def _build_step(self):
         model, method, optimizer, strategy = self.model, self.method, self.optimizer, self.strategy
         replicas = strategy.num_replicas_in_sync
+        cfg = self.cfg
 
-        def replica_step(x, y, step):
+        def plain_step(x, y, step):
             with tf.GradientTape() as tape:
                 loss, stats = method.loss(model, x, y, step)
                 scaled = loss / replicas
@@ -175,6 +273,54 @@ class Trainer:
             grads = tape.gradient(scaled, variables)
             optimizer.apply_gradients(zip(grads, variables))
             return stats
+
+        def augmented(x, step):
+            share = tf.shape(x)[0]
+            context = tf.distribute.get_replica_context()
+            replica = context.replica_id_in_sync_group if context else 0
+            index = tf.cast(replica, tf.int32) * share + tf.range(share)  # in the global batch
+            return augment_batch(
+                x,
+                image_seeds(cfg.seed, step, index),
+                mode=cfg.augment,
+                pad=cfg.augment_pad,
+                padding=cfg.augment_padding,
+                crop_scale_min=cfg.crop_scale_min,
+            )
+
+        def accumulated_step(x, y, step):
+            parts = cfg.accumulation_steps
+            variables = model.trainable_variables
+            xs, ys = _split(x, parts), _split(y, parts)
+
+            def body(j, sums, totals):
+                with tf.GradientTape() as tape, _micro_batch(j):
+                    loss, stats = method.loss(model, xs[j], ys[j], step)
+                    scaled = loss / (parts * replicas)
+                grads = tape.gradient(scaled, variables)
+                sums = [a if g is None else a + g for a, g in zip(sums, grads)]
+                totals = {k: totals[k] + tf.cast(stats[k], tf.float32) for k in STAT_KEYS}
+                return j + 1, sums, totals
+
+            _, sums, totals = tf.while_loop(
+                lambda j, *_: j < parts,
+                body,
+                (
+                    tf.constant(0),
+                    [tf.zeros(v.shape, v.dtype) for v in variables],
+                    {k: tf.constant(0.0) for k in STAT_KEYS},
+                ),
+                parallel_iterations=1,  # one micro-batch in memory at a time
+            )
+            optimizer.apply_gradients(zip(sums, variables))
+            return totals
+
+        def replica_step(x, y, step):
+            if cfg.augment != "none":
+                x = augmented(x, step)
+            if cfg.accumulation_steps > 1:
+                return accumulated_step(x, y, step)
+            return plain_step(x, y, step)
 
         @compiled
         def train_step(x, y, step):
@@ -194,6 +340,11 @@ class Trainer:
         if len(x) % replicas:
             raise ValueError(f"batch of {len(x)} does not split over {replicas} replicas")
         share = len(x) // replicas
+        if share % self.cfg.accumulation_steps:
+            raise ValueError(
+                f"a replica's batch of {share} does not split into "
+                f"{self.cfg.accumulation_steps} equal micro-batches (accumulation_steps)"
+            )
 
         def part(array):  # each replica takes its contiguous share of the global batch
             return lambda ctx: tf.constant(
@@ -210,34 +361,63 @@ class Trainer:
 
     def fit(self, inputs: np.ndarray, labels: np.ndarray) -> History:
         cfg = self.cfg
+        name = self.method.name
         n = len(inputs)
         batch = min(cfg.batch_size, n)
-        batch -= batch % self.strategy.num_replicas_in_sync  # an equal share per replica
+        # an equal share per replica, cut into equal micro-batches
+        unit = self.strategy.num_replicas_in_sync * cfg.accumulation_steps
+        batch -= batch % unit
+        if batch == 0:
+            raise ValueError(
+                f"batch_size {cfg.batch_size} ({n} examples) is smaller than replicas x "
+                f"accumulation_steps = {unit}"
+            )
         per_epoch = n // batch  # full batches only: every step sees m examples (eq. 9)
+        total_steps = cfg.epochs * per_epoch
+        if cfg.max_steps is not None:
+            total_steps = min(total_steps, cfg.max_steps)
+        scheduled = cfg.lr_schedule != "constant"
+        guard = None
+        if cfg.guard is not None:
+            guard = OverfittingGuard(
+                check=cfg.guard, drop=cfg.guard_drop, log=lambda m: self.log(f"[{name}] {m}")
+            )
+            checks = guard_steps(per_epoch, cfg.guard_checks_per_epoch)
         rng = np.random.default_rng(cfg.seed)
         history = History()
         decay_epoch = (
             math.ceil(cfg.lr_decay_at * cfg.epochs) if cfg.lr_decay_at is not None else None
         )
         since_best = 0
+        lr = cfg.learning_rate
         labels = np.asarray(labels, np.int64)
         for epoch in range(1, cfg.epochs + 1):
             if decay_epoch is not None and epoch == decay_epoch + 1:
                 self.optimizer.learning_rate.assign(cfg.learning_rate / 2)
-                self.log(f"[{self.method.name}] learning rate halved to {cfg.learning_rate / 2:g}")
+                self.log(f"[{name}] learning rate halved to {cfg.learning_rate / 2:g}")
             order = rng.permutation(n)
             totals = dict.fromkeys(STAT_KEYS, 0.0)
+            collapsed = False
             start = time.perf_counter()
             for i in range(per_epoch):
                 if cfg.max_steps is not None and history.steps >= cfg.max_steps:
                     break
                 idx = np.sort(order[i * batch : (i + 1) * batch])
+                if scheduled:
+                    lr = learning_rate_at(
+                        history.steps,
+                        total_steps,
+                        schedule=cfg.lr_schedule,
+                        peak=cfg.learning_rate,
+                        peak_at=cfg.lr_peak_at,
+                    )
+                    self.optimizer.learning_rate.assign(lr)
                 t0 = time.perf_counter()
                 stats = self.train_step(inputs[idx], labels[idx], history.steps)
                 history.steps += 1
                 if not math.isfinite(stats["loss_sum"]):
                     raise TrainingDiverged(
-                        f"{self.method.name}: the loss is {stats['loss_sum']} at step "
+                        f"{name}: the loss is {stats['loss_sum']} at step "
                         f"{history.steps} (epoch {epoch}): training diverged; lower the "
                         "learning rate (or the regulariser weight) in params.yaml"
                     )
@@ -245,15 +425,27 @@ class Trainer:
                     totals[k] += stats[k]
                 if history.steps == 2:  # the first step includes tracing
                     history.seconds_per_step = time.perf_counter() - t0
+                    micro = (
+                        f" in {cfg.accumulation_steps} micro-batches"
+                        if cfg.accumulation_steps > 1
+                        else ""
+                    )
                     self.log(
-                        f"[{self.method.name}] {history.seconds_per_step:.2f} s per step "
-                        f"(batch {batch}); projected {per_epoch * history.seconds_per_step:.0f}"
+                        f"[{name}] {history.seconds_per_step:.2f} s per step "
+                        f"(batch {batch}{micro}); projected "
+                        f"{per_epoch * history.seconds_per_step:.0f}"
                         f" s per epoch of {per_epoch} steps"
                     )
+                if guard is not None and i + 1 in checks:
+                    collapsed = guard(self.model, history.steps)
+                    history.guard_checks = guard.checks
+                    if collapsed:
+                        history.overfitting = guard.event
+                        break
             seconds = time.perf_counter() - start
             history.seconds += seconds
             if totals["n"] == 0:
-                self.log(f"[{self.method.name}] step cap {cfg.max_steps} reached")
+                self.log(f"[{name}] step cap {cfg.max_steps} reached")
                 break
             scores = {k: float(v) for k, v in self.evaluate().items()}
             if cfg.monitor not in scores:
@@ -268,6 +460,8 @@ class Trainer:
                 "seconds": round(seconds, 2),
                 "steps": history.steps,
             }
+            if scheduled:
+                row["lr"] = lr
             history.rows.append(row)
             since_best = 0 if val > history.best_val else since_best + 1
             improved = val >= history.best_val
@@ -276,21 +470,40 @@ class Trainer:
                 self.save(epoch)
             adv = "" if math.isnan(row["adv_acc"]) else f", adv acc {row['adv_acc']:.3f}"
             shown = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in scores.items())
+            shown_lr = f", lr {lr:.3g}" if scheduled else ""
             self.log(
-                f"[{self.method.name}] epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f}, "
-                f"clean acc {row['clean_acc']:.3f}{adv}, {shown}"
+                f"[{name}] epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f}, "
+                f"clean acc {row['clean_acc']:.3f}{adv}, {shown}{shown_lr}"
                 f"{' (best ' + cfg.monitor + ')' if improved else ''}, {seconds:.1f} s"
             )
-            if cfg.patience and since_best >= cfg.patience:
-                history.stopped_early = True
+            if collapsed:
                 self.log(
-                    f"[{self.method.name}] early stop: no val improvement in {cfg.patience} epochs"
+                    f"[{name}] stopped: catastrophic overfitting at step "
+                    f"{history.overfitting['step']}; epoch {epoch}'s val figures are those of "
+                    f"the weights of step {history.overfitting['restored_step']}"
                 )
                 break
+            if cfg.patience and since_best >= cfg.patience:
+                history.stopped_early = True
+                self.log(f"[{name}] early stop: no val improvement in {cfg.patience} epochs")
+                break
             if cfg.max_steps is not None and history.steps >= cfg.max_steps:
-                self.log(f"[{self.method.name}] step cap {cfg.max_steps} reached")
+                self.log(f"[{name}] step cap {cfg.max_steps} reached")
                 break
         return history
+
+
+def _split(t, parts: int):
+    """``t`` reshaped to ``[parts, len(t) / parts, ...]`` (static shapes kept when known)."""
+    if t.shape.is_fully_defined():
+        return tf.reshape(t, [parts, t.shape[0] // parts, *t.shape[1:]])
+    return tf.reshape(t, tf.concat([[parts, -1], tf.shape(t)[1:]], axis=0))
+
+
+def guard_steps(per_epoch: int, checks: int) -> set[int]:
+    """The steps of an epoch (1-based) after which the guard checks: ``checks`` evenly
+    spaced, the last at the end of the epoch (fewer when the epoch has fewer steps)."""
+    return {math.ceil(k * per_epoch / checks) for k in range(1, checks + 1)} - {0}
 
 
 def _ratio(a: float, b: float) -> float:

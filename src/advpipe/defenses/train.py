@@ -25,7 +25,7 @@ from ..metrics import Timer, accuracy
 from ..runtime import compiled, output_dir
 from .loop import CleanLoss, TrainConfig, Trainer
 from .model import build_defense_model, head_of, load_model, save_model, trunk_of
-from .registry import DEFENSES, model_path
+from .registry import DEFENSES, ROBUST, model_path
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,14 @@ def _attack(setup: DefenseSetup, name: str, model, labels: str):
     )
 
 
-def make_method(name: str, model, setup: DefenseSetup):
-    """The loss of defense ``name`` on ``model`` (attacks built on the model being trained)."""
+def make_method(name: str, model, setup: DefenseSetup, steps_per_epoch: int = 1):
+    """The loss of defense ``name`` on ``model`` (attacks built on the model being trained).
+
+    ``steps_per_epoch`` turns the robust methods' ``eps_warmup_epochs`` into steps."""
     entry = DEFENSES[name]
     opts = setup.method
+    if entry.method in ROBUST:
+        return _robust_method(entry.method, opts, setup.seed, steps_per_epoch)
     if entry.method == "clean":
         return CleanLoss()
     if entry.method == "kurakin":
@@ -92,6 +96,50 @@ def make_method(name: str, model, setup: DefenseSetup):
     raise ValueError(f"no training method '{entry.method}'")
 
 
+def _robust_method(method: str, opts: dict, seed: int, steps_per_epoch: int):
+    warmup = int(round(opts["eps_warmup_epochs"] * steps_per_epoch))
+    common = {"epsilon": opts["epsilon"], "warmup_steps": warmup, "seed": seed}
+    if method == "pgd_at":
+        from .pgd_at import PGDAdversarialTraining
+
+        return PGDAdversarialTraining(
+            steps=opts["steps"],
+            rel_stepsize=opts["rel_stepsize"],
+            clean_fraction=opts["clean_fraction"],
+            **common,
+        )
+    if method == "trades":
+        from .trades import TRADES
+
+        return TRADES(beta=opts["beta"], steps=opts["steps"], **common)
+    from .fast_at import FastAdversarialTraining
+
+    return FastAdversarialTraining(alpha=opts["alpha"], **common)
+
+
+def robust_accuracy(model, *, epsilon, steps, restarts=1, seed=0, batch_size=32):
+    """``f(images, labels) -> top-1`` under PGD (L∞, random start, step ε/4, ``restarts``
+    starts: an image counts as robust only if every start fails), compiled once for
+    ``model``: the robust methods' val monitor and their overfitting guard."""
+    from ..attacks.pgd import PGD
+
+    attacks = [PGD(model, steps=steps, rel_stepsize=0.25, seed=seed + r) for r in range(restarts)]
+    forward = compiled_forward(model)
+
+    def measure(images, labels) -> float:
+        robust = np.ones(len(images), bool)
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].astype(np.float32) / 255.0
+            y = np.asarray(labels[start : start + batch_size], np.int64)
+            index = np.arange(start, start + len(x))
+            for attack in attacks:
+                adv = attack(x, y, epsilon, index=index)
+                robust[index] &= forward(tf.constant(adv)).numpy().argmax(1) == y
+        return float(robust.mean()) if len(images) else float("nan")
+
+    return measure
+
+
 def _features(trunk, images, batch_size):
     forward = compiled_forward(trunk)
     return predict_logits(trunk, images, batch_size, forward=forward)
@@ -113,6 +161,8 @@ def train_defense(
     cfg = setup.train
     strategy = strategy or tf.distribute.get_strategy()
     blocks = spec.trainable_blocks
+    if entry.method in ROBUST and setup.method.get("trainable_blocks") is not None:
+        blocks = setup.method["trainable_blocks"]  # e.g. the whole network on the clean head
     with strategy.scope():
         if entry.method == "clean":
             model = build_defense_model(
@@ -144,6 +194,11 @@ def train_defense(
     }
     timer = Timer()
     with timer:
+        if entry.method == "clean" and blocks == 0 and cfg.augment != "none":
+            raise ValueError(
+                "defense.clean.augment: the frozen-trunk head trains on cached features, "
+                "which cannot be augmented; set defense.model.trainable_blocks > 0 or augment none"
+            )
         if entry.method == "clean" and blocks == 0:
             # frozen trunk: cache its features once and train the head on them
             log(f"[{name}] caching trunk features of {len(x_train)} + {len(x_val)} images")
@@ -165,7 +220,34 @@ def train_defense(
                     predict_logits(model, x_val, cfg.batch_size, forward=forward), y_val
                 )["top1"]
             }
-        method = make_method(name, model, setup)
+        steps_per_epoch = max(1, len(x_train) // max(1, min(cfg.batch_size, len(x_train))))
+        method = make_method(name, model, setup, steps_per_epoch)
+        if entry.method in ROBUST:
+            clean_val = evaluate
+            opts = setup.method
+            val_robust = robust_accuracy(
+                model,
+                epsilon=opts["epsilon"],
+                steps=opts["val_pgd_steps"],
+                restarts=opts["val_pgd_restarts"],
+                seed=setup.seed,
+                batch_size=cfg.batch_size,
+            )
+            evaluate = lambda: {  # noqa: E731
+                **clean_val(),
+                "val_robust_acc": val_robust(x_val, y_val),
+            }
+            cfg.monitor = "val_robust_acc"
+            if cfg.guard_checks_per_epoch > 0:  # Wong et al.'s catastrophic-overfitting guard
+                held = slice(0, opts["guard_images"])
+                guard_pgd = robust_accuracy(
+                    model,
+                    epsilon=opts["epsilon"],
+                    steps=opts["val_pgd_steps"],
+                    seed=setup.seed,
+                    batch_size=cfg.batch_size,
+                )
+                cfg.guard = lambda: guard_pgd(x_val[held], y_val[held])
         if entry.method == "kurakin":
             clean_val = evaluate
             evaluate = lambda: {
@@ -226,6 +308,10 @@ def train_defense(
         "steps": history.steps,
         "stopped_early": history.stopped_early,
     }
+    if entry.method in ROBUST:  # the guard's record: null when it never fired
+        metrics["epsilon"] = setup.method["epsilon"]
+        metrics["catastrophic_overfitting"] = history.overfitting
+        metrics["guard_checks"] = history.guard_checks
     if entry.method == "kurakin":
         metrics["label_leaking"] = label_leaking(best, setup, entry.attack, x_train, y_train)
         log(f"[{name}] label leaking check (train split): {metrics['label_leaking']}")
