@@ -3,8 +3,9 @@
 Usage: python stages/evaluate_defense.py {clean,kurakin_step_ll,...}
 White-box attacks against the model itself, transfer from the clean head, DeepFool
 (rho_2), AutoAttack (at defense.evaluation.autoattack_epsilons, default the report eps;
-an interrupted run resumes per eps from resume/evaluate_<name>/) and the gradient-masking
-checks. Writes metrics/defense/eval/<name>.json, plots/defense/eval/<name>.csv and
+an interrupted run resumes per eps from resume/evaluate_<name>/), APGD-CE against PGD at
+every eps (defense.evaluation.apgd_check) and the gradient-masking checks. Writes
+metrics/defense/eval/<name>.json, plots/defense/eval/<name>.csv and
 timings/evaluate_<name>.json.
 """
 
@@ -32,7 +33,13 @@ def main(name: str) -> None:
         source = load_model(model_path("clean"))
         transfer = {a: build_attack(a, source, p) for a in ATTACKS}
     common.log(f"evaluate {name}: {len(images)} images, {len(classes)} classes")
-    from advpipe.attacks.autoattack import autoattack_epsilons, resume_store, sanity_checks
+    from advpipe.attacks.autoattack import (
+        STANDARD,
+        apgd_ce_correct,
+        autoattack_epsilons,
+        resume_store,
+        sanity_checks,
+    )
 
     batch = get(p, "defense.evaluation.batch_size")
     aa_eps = get(p, "defense.evaluation.autoattack_epsilons") or [
@@ -43,6 +50,19 @@ def main(name: str) -> None:
     run_autoattack = lambda m, x, y: autoattack_epsilons(  # noqa: E731
         m, x, y, aa_eps, store=store, progress=common.log, **aa_options
     )
+    apgd_ce = None
+    if get(p, "defense.evaluation.apgd_check"):
+        settings = aa_options["settings"] if aa_options["version"] == "custom" else STANDARD
+        apgd_ce = lambda m, x, y, e: apgd_ce_correct(  # noqa: E731
+            m,
+            x,
+            y,
+            e,
+            settings=settings,
+            batch_size=batch,
+            seed=aa_options["seed"],
+            progress=common.log,
+        )
     out = evaluate_defense(
         model,
         images,
@@ -56,6 +76,7 @@ def main(name: str) -> None:
         margin=get(p, "defense.evaluation.chance_margin"),
         alpha=get(p, "defense.evaluation.alpha"),
         autoattack=run_autoattack,
+        apgd_ce=apgd_ce,
         progress=common.log,
     )
     out["autoattack_sanity"] = sanity_checks(model, images, labels, batch_size=batch)

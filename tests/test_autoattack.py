@@ -2,6 +2,7 @@
 paired (exact McNemar) tests of the masking checks."""
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -189,3 +190,19 @@ def test_sanity_checks_flag_random_probability_and_flat_models(tiny, batch):
     assert sanity_checks(probs, x, y)["probabilities"]
     flat = sanity_checks(_constant_model(), x, y % 3)
     assert flat["zero_gradients"] == 1.0 and len(flat["warnings"]) == 1
+
+
+def test_clearing_a_finished_run_leaves_no_empty_resume_folder(tmp_path, monkeypatch):
+    """clear() removes the run's folder and its emptied parents (resume/ included) but
+    stops at a parent that still holds another run's files."""
+    from advpipe.resume import PerEpsilonStore
+
+    monkeypatch.chdir(tmp_path)
+    a = PerEpsilonStore("resume/evaluate_a", "a-1")
+    b = PerEpsilonStore("resume/evaluate_b", "b-1")
+    a.put(0.01, {"x": 1})
+    b.put(0.01, {"x": 2})
+    a.clear()
+    assert not Path("resume/evaluate_a").exists() and b.get(0.01) == {"x": 2}
+    b.clear()
+    assert not Path("resume").exists() and tmp_path.is_dir()

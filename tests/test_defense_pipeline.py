@@ -102,13 +102,18 @@ def test_every_defense_model_is_trained_evaluated_and_tabled(run):
         assert aa["worst_case_top1"] <= min(aa["robust_top1"], ev["whitebox"]["pgd"]["0.0156863"])
         # APGD-CE must not be significantly weaker than PGD on the pipeline's own models
         assert aa["apgd_ce_vs_pgd"]["apgd_weaker"] is False, aa["apgd_ce_vs_pgd"]
+        # ... at every evaluation eps (AutoAttack's own APGD-CE at the report eps)
+        checks = ev["apgd_ce_vs_pgd"]
+        assert set(checks) == set(ev["epsilons"]), checks
+        assert not any(c["apgd_weaker"] for c in checks.values()), checks
+        assert checks["0.0156863"]["p_value"] == aa["apgd_ce_vs_pgd"]["p_value"]
         assert ev["autoattack_sanity"]["warnings"] == []
         summary = _json(dest, "metrics/defense/summary.json")["models"][name]
         assert summary["autoattack"] == aa["robust_top1"]
         assert summary["worst_case"] == aa["worst_case_top1"]
     assert "AutoAttack" in table and "worst case (AA ∧ PGD)" in table
-    # finished: nothing left to resume (an emptied resume/ folder may stay: git-ignored)
-    assert not [q for q in (dest / "resume").rglob("*") if q.is_file()]
+    # finished: nothing left to resume, not even the emptied resume/ folder
+    assert not (dest / "resume").exists(), list((dest / "resume").rglob("*"))
     assert "Smoke run" in table  # 10 training images per class is not a result
 
 

@@ -298,3 +298,53 @@ def test_dvc_yaml_foreach_lists_follow_the_registries():
     assert list(stages["evaluate"]["foreach"]) == list(DEFENSES)
     for name in FINE_TUNED:  # each trains with its own params group
         assert stages["train"]["foreach"][name]["group"] == DEFENSES[name].params_group
+
+
+def test_apgd_ce_is_compared_with_pgd_at_every_epsilon_and_a_weaker_one_is_flagged():
+    """evaluate_defense runs the APGD-CE check at every ε (paired test against PGD on the
+    same images); an APGD-CE that breaks nothing while PGD breaks many is a masking flag."""
+    from advpipe.attacks import PGD
+    from advpipe.attacks.autoattack import Settings, apgd_ce_correct
+    from advpipe.defenses.evaluate import evaluate_defense
+
+    model = build_defense_model("tiny", 3, hidden_units=[8], image_size=32, seed=2)
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (48, 32, 32, 3)).astype(np.uint8)
+    y = rng.integers(0, 3, 48).astype(np.int64)
+    settings = Settings(apgd_steps=5)
+    seen = {}
+
+    def real(m, images, labels, eps):
+        seen[eps] = apgd_ce_correct(m, images, labels, eps, settings=settings, batch_size=16)
+        return seen[eps]
+
+    common = dict(
+        transfer=None,
+        epsilons=[0.01, 0.3],
+        deepfool_options={"steps": 2, "candidates": 3, "batch_size": 16},
+        batch_size=16,
+        chance=1 / 3,
+        margin=0.1,
+        progress=lambda m: None,
+    )
+    pgd = {"pgd": PGD(model, steps=5, rel_stepsize=0.25, random_start=True, seed=0)}
+    out = evaluate_defense(model, x, y, whitebox=pgd, apgd_ce=real, **common)
+    checks = out["apgd_ce_vs_pgd"]
+    assert set(checks) == {"0.01", "0.3"} and set(seen) == {0.01, 0.3}
+    for eps, key in ((0.01, "0.01"), (0.3, "0.3")):
+        assert checks[key]["apgd_ce_top1"] == pytest.approx(float(np.mean(seen[eps])))
+        assert checks[key]["pgd_top1"] == out["whitebox"]["pgd"][key]
+    assert out["whitebox"]["pgd"]["0.3"] < out["clean_top1"]  # PGD breaks images at 0.3
+
+    # a blind "APGD-CE" (every clean-correct image survives): significantly weaker than PGD
+    clean = model.predict(x.astype(np.float32) / 255, verbose=0).argmax(1) == y
+    blind = lambda m, images, labels, eps: clean  # noqa: E731
+    out = evaluate_defense(model, x, y, whitebox=pgd, apgd_ce=blind, **common)
+    weak = out["apgd_ce_vs_pgd"]["0.3"]
+    assert weak["apgd_weaker"] is True and weak["p_value"] < 0.05
+    assert weak["a_only"] - weak["b_only"] == round((clean.mean() - weak["pgd_top1"]) * len(x))
+    assert out["masking"]["passed"] is False
+    assert any("APGD weaker than PGD" in f and "0.3" in f for f in out["masking"]["flags"])
+    # without the check: no key computed
+    out = evaluate_defense(model, x, y, whitebox=pgd, **common)
+    assert out["apgd_ce_vs_pgd"] is None

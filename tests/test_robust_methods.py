@@ -330,3 +330,27 @@ def test_method_trains_inside_the_trainer(tiny, batch, method):
         new = model.get_weights()
         assert any(not np.array_equal(a, b) for a, b in zip(weights, new))
         weights = new
+
+
+def test_val_robust_accuracy_counts_only_correct_images_that_every_start_fails_on(tiny):
+    """robust_accuracy: an image is robust iff the model classifies it correctly and no
+    PGD start fools it; equal to running every start on every image and ANDing."""
+    from advpipe.attacks.pgd import PGD
+    from advpipe.defenses.train import robust_accuracy
+
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (20, 32, 32, 3)).astype(np.uint8)
+    x = images.astype(np.float32) / 255.0
+    pred = logits_of(tiny, x).argmax(1)
+    labels = pred.copy()
+    labels[:5] = (pred[:5] + 1) % 10  # five images misclassified from the start
+    for eps in (0.002, 0.05):
+        expected = pred == labels
+        for r in range(2):
+            adv = PGD(tiny, steps=3, rel_stepsize=0.25, seed=7 + r)(
+                x, labels, eps, index=np.arange(len(x))
+            )
+            expected &= logits_of(tiny, adv).argmax(1) == labels
+        measure = robust_accuracy(tiny, epsilon=eps, steps=3, restarts=2, seed=7, batch_size=8)
+        assert measure(images, labels) == pytest.approx(expected.mean())
+        assert measure(images, labels) <= 15 / 20

@@ -295,6 +295,25 @@ def test_the_loop_uses_the_schedule():
     )
 
 
+def test_long_epochs_print_progress_lines(monkeypatch):
+    """Within an epoch the loop prints a progress line (step, running loss, s/step, time
+    left in the epoch) at most every PROGRESS_SECONDS; none after an epoch's last step."""
+    import advpipe.defenses.loop as loop
+
+    x, y = _data(n=32)
+    cfg = TrainConfig(optimizer="sgd", epochs=2, batch_size=8)
+    logs = []
+    monkeypatch.setattr(loop, "PROGRESS_SECONDS", 0.0)
+    _trainer(_model(), cfg, log=logs.append).fit(x, y)
+    lines = [m for m in logs if ": step " in m]
+    assert [m.split(": step ")[1].split(",")[0] for m in lines] == ["1/4", "2/4", "3/4"] * 2
+    assert all("epoch ends in" in m and "s/step" in m and "loss " in m for m in lines)
+    monkeypatch.setattr(loop, "PROGRESS_SECONDS", 1e9)
+    logs.clear()
+    _trainer(_model(), cfg, log=logs.append).fit(x, y)
+    assert not [m for m in logs if ": step " in m]
+
+
 # ------------------------------------------------------------------ augmentation
 def _images(n=6, size=16, seed=0):
     return tf.constant(np.random.default_rng(seed).uniform(0, 1, (n, size, size, 3)), tf.float32)

@@ -850,6 +850,12 @@ SCHEMA: dict[str, Rule] = {
         "ε of the AutoAttack column (null: `report_epsilon` only; Square costs ≈ 50 s "
         "per surviving image on 2 cores)",
     ),
+    "defense.evaluation.apgd_check": param(
+        boolean(),
+        True,
+        "APGD-CE (the AutoAttack settings, L∞) at every ε, compared with PGD by the paired "
+        "test: APGD-CE significantly weaker is a masking flag",
+    ),
     "defense.evaluation.alpha": param(
         number(0, 1, lo_open=True, hi_open=True),
         0.05,

@@ -59,7 +59,15 @@ class PerEpsilonStore:
         atomic_write_text(self._file(eps), json.dumps(result))
 
     def clear(self) -> None:
-        """Remove this run's folder (and ``directory`` when nothing else is left in it)."""
+        """Remove this run's folder, then ``directory`` and, for a relative ``directory``,
+        its parents up to the working directory, each only while nothing else is left in it
+        (``resume/evaluate_clean`` leaves no empty ``resume/`` behind)."""
         shutil.rmtree(self.path, ignore_errors=True)
-        if self.root.is_dir() and not any(self.root.iterdir()):
-            self.root.rmdir()
+        folders = [self.root]
+        if not self.root.is_absolute():
+            folders += [q for q in self.root.parents if q != Path(".")]
+        for folder in folders:
+            try:
+                folder.rmdir()  # only an empty folder; another run's files stop the walk
+            except OSError:
+                break

@@ -416,6 +416,35 @@ def autoattack_epsilons(
     return out
 
 
+def apgd_ce_correct(
+    model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    eps: float,
+    *,
+    settings: Settings = STANDARD,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> np.ndarray:
+    """Correct after APGD-CE (L∞, ``settings``' steps and restarts), per image: the check
+    that APGD-CE is not weaker than PGD at ε where AutoAttack does not run."""
+    result = autoattack(
+        model,
+        images,
+        labels,
+        eps,
+        norm="linf",
+        version="custom",
+        attacks=["apgd-ce"],
+        settings=settings,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+    )
+    return result.robust
+
+
 def resume_store(directory, name: str, images, labels, options: Mapping):
     """Where :func:`autoattack_epsilons` keeps finished ε: ``directory/<name>-<hash>``, the
     hash over the images, labels, ``options`` and the attack code (a change of any starts

@@ -12,8 +12,9 @@ On the same test images for every attack, ε and model:
   which attack broke each image, and the **per-image worst case** over AutoAttack and
   PGD (an image counts as robust only if both fail on it): the headline figure;
 * the **gradient-masking checks** of :func:`advpipe.metrics.masking_checks` as paired
-  tests on the same images, plus APGD-CE against PGD (APGD significantly weaker: a flag)
-  and Square against the gradient attacks (Square breaking what they could not: masking).
+  tests on the same images, plus APGD-CE against PGD at every ε (APGD significantly
+  weaker: a flag) and Square against the gradient attacks (Square breaking what they
+  could not: masking).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from ..inference import iterate_batches
-from ..metrics import Timer, TopKCounter, masking_checks
+from ..metrics import Timer, TopKCounter, masking_checks, paired_test
 
 
 def _eps_key(e: float) -> str:
@@ -90,7 +91,6 @@ def autoattack_summary(result, pgd_correct, alpha: float) -> dict:
     counts, the per-image worst case over both, APGD-CE vs PGD (paired test) and the
     Square warning."""
     from ..attacks.autoattack import square_warning
-    from ..metrics import paired_test
 
     d = result.to_dict()
     out = {k: d[k] for k in ("robust_top1", "per_attack", "standard", "note", "max_norm")}
@@ -129,6 +129,7 @@ def evaluate_defense(
     margin: float,
     alpha: float = 0.05,
     autoattack: Callable | None = None,
+    apgd_ce: Callable | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Every measurement above for ``model`` on ``(images, labels)`` (labels: its class ids).
@@ -137,6 +138,10 @@ def evaluate_defense(
     source model (``None`` when ``model`` is the source). ``autoattack``: ``None``, or a
     callable ``(model, images, labels) -> {eps: AutoAttackResult}`` (e.g.
     :func:`advpipe.attacks.autoattack.autoattack_epsilons` with its options bound).
+    ``apgd_ce``: ``None``, or a callable ``(model, images, labels, eps) -> bool per image``
+    (correct after APGD-CE); it runs at every ε where AutoAttack did not already start with
+    APGD-CE, and each ε's result is compared with PGD's by the paired test
+    (``apgd_ce_vs_pgd``; APGD-CE significantly weaker is a masking flag).
     Returns nested, JSON-ready metrics and a timing dict under ``"_seconds"``.
     """
     from ..attacks.deepfool import deepfool
@@ -210,5 +215,37 @@ def evaluate_defense(
                     f"attacks could not at eps {e} (> {q['threshold']:.1%}): gradient masking"
                 )
                 out["masking"]["passed"] = False
+    pgd = wb.get("pgd")
+    out["apgd_ce_vs_pgd"] = None
+    if apgd_ce is not None and pgd is not None:
+        out["apgd_ce_vs_pgd"] = {}
+        with Timer() as t:
+            for e in epsilons:
+                key = _eps_key(e)
+                summary = (out["autoattack"] or {}).get(key, {}).get("apgd_ce_vs_pgd")
+                if summary is None:
+                    apgd_correct = np.asarray(apgd_ce(model, images, labels, e), bool)
+                    test = paired_test(apgd_correct, pgd[key])
+                    summary = {
+                        "apgd_ce_top1": float(np.mean(apgd_correct)) if len(apgd_correct) else 0.0,
+                        **test,
+                        "apgd_weaker": bool(test["p_value"] < alpha),
+                    }
+                    summary["pgd_top1"] = float(np.mean(pgd[key])) if len(pgd[key]) else 0.0
+                    if summary["apgd_weaker"]:
+                        out["masking"]["flags"].append(
+                            f"APGD-CE {summary['apgd_ce_top1']:.3f} > PGD "
+                            f"{summary['pgd_top1']:.3f} at eps {key} (paired p = "
+                            f"{summary['p_value']:.2g}): APGD weaker than PGD"
+                        )
+                        out["masking"]["passed"] = False
+                else:  # AutoAttack's own APGD-CE (already flagged above when weaker)
+                    summary = {**summary, "pgd_top1": out["autoattack"][key]["pgd_top1"]}
+                out["apgd_ce_vs_pgd"][key] = summary
+                say(
+                    f"[apgd-ce vs pgd] eps {key}: APGD-CE {summary['apgd_ce_top1']:.3f}, PGD "
+                    f"{summary['pgd_top1']:.3f}, paired p = {summary['p_value']:.2g}"
+                )
+        seconds["apgd_ce"] = t.seconds
     out["_seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     return out

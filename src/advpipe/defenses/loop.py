@@ -70,6 +70,10 @@ class TrainingDiverged(ValueError):
     """The loss became NaN or infinite (a hyperparameter problem: reported in one line)."""
 
 
+#: A progress line (step, running loss, s/step, time to the end of the epoch) at most this
+#: often during an epoch; the epoch summary line follows each epoch.
+PROGRESS_SECONDS = 60.0
+
 STAT_KEYS = ("loss_sum", "n", "clean_correct", "clean_n", "adv_correct", "adv_n")
 
 _MICRO = threading.local()  # per thread: MirroredStrategy traces each replica in its own
@@ -398,7 +402,7 @@ class Trainer:
             order = rng.permutation(n)
             totals = dict.fromkeys(STAT_KEYS, 0.0)
             collapsed = False
-            start = time.perf_counter()
+            start = shown = time.perf_counter()
             for i in range(per_epoch):
                 if cfg.max_steps is not None and history.steps >= cfg.max_steps:
                     break
@@ -435,6 +439,20 @@ class Trainer:
                         f"(batch {batch}{micro}); projected "
                         f"{per_epoch * history.seconds_per_step:.0f}"
                         f" s per epoch of {per_epoch} steps"
+                    )
+                if time.perf_counter() - shown >= PROGRESS_SECONDS and i + 1 < per_epoch:
+                    shown = time.perf_counter()
+                    done = i + 1
+                    eta = (time.perf_counter() - start) / done * (per_epoch - done)
+                    self.log(
+                        f"[{name}] epoch {epoch}/{cfg.epochs}: step {done}/{per_epoch}, loss "
+                        f"{totals['loss_sum'] / max(totals['n'], 1):.4f}"
+                        + (
+                            f", adv acc {totals['adv_correct'] / totals['adv_n']:.3f}"
+                            if totals["adv_n"]
+                            else ""
+                        )
+                        + f", {time.perf_counter() - t0:.1f} s/step, epoch ends in {eta:.0f} s"
                     )
                 if guard is not None and i + 1 in checks:
                     collapsed = guard(self.model, history.steps)

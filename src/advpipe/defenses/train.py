@@ -119,7 +119,8 @@ def _robust_method(method: str, opts: dict, seed: int, steps_per_epoch: int):
 
 def robust_accuracy(model, *, epsilon, steps, restarts=1, seed=0, batch_size=32):
     """``f(images, labels) -> top-1`` under PGD (L∞, random start, step ε/4, ``restarts``
-    starts: an image counts as robust only if every start fails), compiled once for
+    starts: an image counts as robust only if it is classified correctly and every start
+    fails; a misclassified or broken image is not attacked again), compiled once for
     ``model``: the robust methods' val monitor and their overfitting guard."""
     from ..attacks.pgd import PGD
 
@@ -127,14 +128,18 @@ def robust_accuracy(model, *, epsilon, steps, restarts=1, seed=0, batch_size=32)
     forward = compiled_forward(model)
 
     def measure(images, labels) -> float:
-        robust = np.ones(len(images), bool)
+        robust = np.zeros(len(images), bool)
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].astype(np.float32) / 255.0
             y = np.asarray(labels[start : start + batch_size], np.int64)
             index = np.arange(start, start + len(x))
+            alive = forward(tf.constant(x)).numpy().argmax(1) == y
             for attack in attacks:
-                adv = attack(x, y, epsilon, index=index)
-                robust[index] &= forward(tf.constant(adv)).numpy().argmax(1) == y
+                if not alive.any():
+                    break
+                adv = attack(x[alive], y[alive], epsilon, index=index[alive])
+                alive[alive] = forward(tf.constant(adv)).numpy().argmax(1) == y[alive]
+            robust[index] = alive
         return float(robust.mean()) if len(images) else float("nan")
 
     return measure
