@@ -348,3 +348,26 @@ def test_apgd_ce_is_compared_with_pgd_at_every_epsilon_and_a_weaker_one_is_flagg
     # without the check: no key computed
     out = evaluate_defense(model, x, y, whitebox=pgd, **common)
     assert out["apgd_ce_vs_pgd"] is None
+
+
+def test_apgd_vs_pgd_against_a_hand_computation():
+    """5 images: APGD-CE leaves 1, 2 and 3 correct, PGD 1 only -> 2 discordant pairs, both
+    APGD's: one-sided exact binomial tail P(X >= 2 | n = 2) = 1/4; with 6 such pairs it is
+    1/64 < 0.05, a weaker APGD-CE, and the flag's line names both figures and ε."""
+    from advpipe.defenses.evaluate import apgd_vs_pgd, apgd_weaker_flag
+
+    check = apgd_vs_pgd([1, 1, 1, 0, 0], [1, 0, 0, 0, 0], alpha=0.05)
+    assert check == {
+        "apgd_ce_top1": 0.6,
+        "pgd_top1": 0.2,
+        "a_only": 2,
+        "b_only": 0,
+        "p_value": pytest.approx(0.25),
+        "apgd_weaker": False,
+    }
+    weak = apgd_vs_pgd([1] * 6 + [0] * 2, [0] * 8, alpha=0.05)
+    assert weak["p_value"] == pytest.approx(1 / 64) and weak["apgd_weaker"] is True
+    assert apgd_weaker_flag(weak, "0.0078") == (
+        "APGD-CE 0.750 > PGD 0.000 at eps 0.0078 (paired p = 0.016): APGD weaker than PGD"
+    )
+    assert apgd_vs_pgd([], [], alpha=0.05)["apgd_ce_top1"] == 0.0  # no images: no NaN

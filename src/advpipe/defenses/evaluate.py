@@ -86,6 +86,29 @@ def _top1(per_image: dict) -> dict:
     }
 
 
+def apgd_vs_pgd(apgd_correct, pgd_correct, alpha: float) -> dict:
+    """APGD-CE against PGD on the same images: each one's top-1, the exact paired test
+    (:func:`paired_test`) and ``apgd_weaker`` (APGD-CE significantly weaker at level
+    ``alpha``: a masking flag, since APGD-CE is the stronger attack when gradients work)."""
+    apgd_correct = np.asarray(apgd_correct, bool)
+    pgd_correct = np.asarray(pgd_correct, bool)
+    t = paired_test(apgd_correct, pgd_correct)
+    return {
+        "apgd_ce_top1": float(np.mean(apgd_correct)) if len(apgd_correct) else 0.0,
+        "pgd_top1": float(np.mean(pgd_correct)) if len(pgd_correct) else 0.0,
+        **t,
+        "apgd_weaker": bool(t["p_value"] < alpha),
+    }
+
+
+def apgd_weaker_flag(check: dict, eps_key: str) -> str:
+    """The masking flag's line for an :func:`apgd_vs_pgd` result with ``apgd_weaker``."""
+    return (
+        f"APGD-CE {check['apgd_ce_top1']:.3f} > PGD {check['pgd_top1']:.3f} at eps {eps_key} "
+        f"(paired p = {check['p_value']:.2g}): APGD weaker than PGD"
+    )
+
+
 def autoattack_summary(result, pgd_correct, alpha: float) -> dict:
     """One AutoAttack run beside PGD on the same images: robust accuracy, per-attack
     counts, the per-image worst case over both, APGD-CE vs PGD (paired test) and the
@@ -100,15 +123,8 @@ def autoattack_summary(result, pgd_correct, alpha: float) -> dict:
         out["worst_case_top1"] = float(np.mean(worst)) if len(worst) else 0.0
         out["pgd_only"] = int(np.sum(result.robust & ~np.asarray(pgd_correct, bool)))
         if result.attacks and result.attacks[0] == "apgd-ce":
-            apgd_correct = np.array(
-                [b not in ("clean", "apgd-ce") for b in result.broken_by], dtype=bool
-            )
-            t = paired_test(apgd_correct, pgd_correct)
-            out["apgd_ce_vs_pgd"] = {
-                "apgd_ce_top1": float(np.mean(apgd_correct)) if len(worst) else 0.0,
-                **t,
-                "apgd_weaker": bool(t["p_value"] < alpha),
-            }
+            apgd_correct = [b not in ("clean", "apgd-ce") for b in result.broken_by]
+            out["apgd_ce_vs_pgd"] = apgd_vs_pgd(apgd_correct, pgd_correct, alpha)
     else:
         out["worst_case_top1"] = d["robust_top1"]
     out["square"] = square_warning(result)
@@ -202,11 +218,7 @@ def evaluate_defense(
         }
         for e, summary in out["autoattack"].items():
             if summary.get("apgd_ce_vs_pgd", {}).get("apgd_weaker"):
-                c = summary["apgd_ce_vs_pgd"]
-                out["masking"]["flags"].append(
-                    f"APGD-CE {c['apgd_ce_top1']:.3f} > PGD {summary['pgd_top1']:.3f} at eps "
-                    f"{e} (paired p = {c['p_value']:.2g}): APGD weaker than PGD"
-                )
+                out["masking"]["flags"].append(apgd_weaker_flag(summary["apgd_ce_vs_pgd"], e))
                 out["masking"]["passed"] = False
             if summary["square"]["warning"]:
                 q = summary["square"]
@@ -223,24 +235,11 @@ def evaluate_defense(
             for e in epsilons:
                 key = _eps_key(e)
                 summary = (out["autoattack"] or {}).get(key, {}).get("apgd_ce_vs_pgd")
-                if summary is None:
-                    apgd_correct = np.asarray(apgd_ce(model, images, labels, e), bool)
-                    test = paired_test(apgd_correct, pgd[key])
-                    summary = {
-                        "apgd_ce_top1": float(np.mean(apgd_correct)) if len(apgd_correct) else 0.0,
-                        **test,
-                        "apgd_weaker": bool(test["p_value"] < alpha),
-                    }
-                    summary["pgd_top1"] = float(np.mean(pgd[key])) if len(pgd[key]) else 0.0
+                if summary is None:  # else AutoAttack's own APGD-CE, flagged above if weaker
+                    summary = apgd_vs_pgd(apgd_ce(model, images, labels, e), pgd[key], alpha)
                     if summary["apgd_weaker"]:
-                        out["masking"]["flags"].append(
-                            f"APGD-CE {summary['apgd_ce_top1']:.3f} > PGD "
-                            f"{summary['pgd_top1']:.3f} at eps {key} (paired p = "
-                            f"{summary['p_value']:.2g}): APGD weaker than PGD"
-                        )
+                        out["masking"]["flags"].append(apgd_weaker_flag(summary, key))
                         out["masking"]["passed"] = False
-                else:  # AutoAttack's own APGD-CE (already flagged above when weaker)
-                    summary = {**summary, "pgd_top1": out["autoattack"][key]["pgd_top1"]}
                 out["apgd_ce_vs_pgd"][key] = summary
                 say(
                     f"[apgd-ce vs pgd] eps {key}: APGD-CE {summary['apgd_ce_top1']:.3f}, PGD "
