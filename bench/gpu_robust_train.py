@@ -152,14 +152,19 @@ def main() -> int:
     def project(xa, x, eps):
         return jnp.clip(jnp.clip(xa, x - eps, x + eps), 0.0, 1.0)
 
-    def pgd(params, x, y, eps, steps, rel, key):
-        xa = project(x + jax.random.uniform(key, x.shape, minval=-eps, maxval=eps), x, eps)
-        grad = jax.grad(lambda z: ce(logits_fn(params, z), y).sum())
+    def sign_ascent(loss, xa, x, eps, steps, rel):
+        """``steps`` signed-gradient steps of ``rel``·ε on ``loss`` from ``xa``, each projected
+        onto the ε-ball around ``x`` and [0, 1]: the inner loop of PGD-AT and TRADES."""
+        grad = jax.grad(loss)
 
         def body(_, xa):
             return project(xa + rel * eps * jnp.sign(grad(xa)), x, eps)
 
         return jax.lax.fori_loop(0, steps, body, xa)
+
+    def pgd(params, x, y, eps, steps, rel, key):
+        xa = project(x + jax.random.uniform(key, x.shape, minval=-eps, maxval=eps), x, eps)
+        return sign_ascent(lambda z: ce(logits_fn(params, z), y).sum(), xa, x, eps, steps, rel)
 
     def trades_x(params, x, eps, steps, rel, key):
         p_clean = jax.lax.stop_gradient(jax.nn.softmax(logits_fn(params, x)))
@@ -168,13 +173,8 @@ def main() -> int:
             lq = jax.nn.log_softmax(logits_fn(params, z))
             return jnp.sum(p_clean * (jnp.log(jnp.clip(p_clean, 1e-12)) - lq))
 
-        grad = jax.grad(kl)
         xa = jnp.clip(x + 0.001 * jax.random.normal(key, x.shape), 0.0, 1.0)
-
-        def body(_, xa):
-            return project(xa + rel * eps * jnp.sign(grad(xa)), x, eps)
-
-        return jax.lax.fori_loop(0, steps, body, xa)
+        return sign_ascent(kl, xa, x, eps, steps, rel)
 
     def augment(x, key):
         """Reflect-pad 4, random crop back to size, flip with probability ½ (per image)."""
