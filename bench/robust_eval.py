@@ -11,6 +11,8 @@ AutoAttack on the same model is ``bench/autoattack_defense.py``.
     # in a real-data workspace of the pipeline (docs/results.md):
     python bench/robust_eval.py --models clean fast_at --eps 0.00392157 0.00784314 0.01568627 \
         --strong-eps 0.00784314     # PGD-50 x 5 restarts at 2/255 only (the costly part)
+    # the same 100 images as bench/autoattack_defense.py --n 100 (seeded draw):
+    python bench/robust_eval.py --models pgd_at --eps 0.00784314 --n 100 --random
 
 Not a test: it prints figures.
 """
@@ -78,6 +80,12 @@ def main() -> None:
     )
     ap.add_argument("--split", default="test")
     ap.add_argument("--n", type=int, default=None, help="the first n images (default: all)")
+    ap.add_argument(
+        "--random",
+        action="store_true",
+        help="--n images drawn with a permutation seeded by --seed, the same images as "
+        "bench/autoattack_defense.py's --n",
+    )
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -92,7 +100,10 @@ def main() -> None:
         path = root / "models" / "defense" / f"{name}.keras"
         classes = load_info(path)["classes"]
         images, labels, _ = load_split(root / "data" / "defense", args.split, classes)
-        if args.n:
+        if args.n and args.random:
+            pick = np.sort(np.random.default_rng(args.seed).permutation(len(images))[: args.n])
+            images, labels = images[pick], labels[pick]
+        elif args.n:
             images, labels = images[: args.n], labels[: args.n]
         model = load_model(path)
         n = len(images)
@@ -101,7 +112,8 @@ def main() -> None:
         row = [name, str(n), cell(clean, n)]
         for e in args.eps:
             for steps, restarts in ((10, 1), (args.steps, args.restarts)):
-                if steps != 10 and not any(abs(e - s) < 1e-9 for s in args.strong_eps):
+                # 1e-6: the params' eps (0.00784314) match the default 2/255
+                if steps != 10 and not any(abs(e - s) < 1e-6 for s in args.strong_eps):
                     row.append("–")
                     continue
                 t = time.perf_counter()
