@@ -33,6 +33,7 @@ from advpipe.data.images import to_unit_float  # noqa: E402
 from advpipe.defenses.dataset import load_split  # noqa: E402
 from advpipe.defenses.model import load_info, load_model  # noqa: E402
 from advpipe.metrics import paired_test  # noqa: E402
+from bench_setup import seeded_subset  # noqa: E402
 
 
 def pgd_correct(model, images, labels, eps, batch_size, seed):
@@ -70,7 +71,7 @@ def main() -> None:
         path = root / "models" / "defense" / f"{name}.keras"
         classes = load_info(path)["classes"]
         images, labels, _ = load_split(root / "data" / "defense", args.split, classes)
-        pick = np.sort(np.random.default_rng(args.seed).permutation(len(images))[: args.n])
+        pick = seeded_subset(len(images), args.n, args.seed)
         images, labels = images[pick], labels[pick]
         model = load_model(path)
         t = time.perf_counter()

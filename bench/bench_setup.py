@@ -26,6 +26,12 @@ def model_and_samples(args: argparse.Namespace):
     return model, images, manifest["label"].to_numpy(np.int64)
 
 
+def seeded_subset(n_total: int, n: int, seed: int) -> np.ndarray:
+    """``n`` of ``n_total`` positions drawn by a permutation seeded by ``seed``, sorted: the
+    same images for every script given the same ``--n`` and ``--seed``."""
+    return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
+
+
 def describe(args: argparse.Namespace, settings: str) -> str:
     return (
         f"model {args.model} ({'random' if args.random_weights else 'pretrained'} weights), "

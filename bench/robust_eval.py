@@ -35,6 +35,7 @@ from advpipe.attacks.pgd import PGD  # noqa: E402
 from advpipe.defenses.dataset import load_split  # noqa: E402
 from advpipe.defenses.model import load_info, load_model  # noqa: E402
 from advpipe.inference import compiled_forward, predict_logits  # noqa: E402
+from bench_setup import seeded_subset  # noqa: E402
 
 
 def wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -101,7 +102,7 @@ def main() -> None:
         classes = load_info(path)["classes"]
         images, labels, _ = load_split(root / "data" / "defense", args.split, classes)
         if args.n and args.random:
-            pick = np.sort(np.random.default_rng(args.seed).permutation(len(images))[: args.n])
+            pick = seeded_subset(len(images), args.n, args.seed)
             images, labels = images[pick], labels[pick]
         elif args.n:
             images, labels = images[: args.n], labels[: args.n]
