@@ -32,6 +32,8 @@ random start uses NumPy's global generator (seeded here per configuration).
 
     python bench/apgd_art.py                 # 200 images, 100 steps (about an hour, 2 CPUs)
     python bench/apgd_art.py --quick         # tiny numbers: checks the script end to end
+    # a defense model of a real-data workspace (docs/results.md) instead of the clean head:
+    python bench/apgd_art.py --eps --defense-model <ws>/models/defense/pgd_at.keras
 
 Not a test: it prints figures. Skips (exit 0) when the Imagenette folder is absent.
 """
@@ -62,7 +64,7 @@ from advpipe.data.imagenette import IMAGENETTE_CLASSES  # noqa: E402
 from advpipe.data.images import to_unit_float  # noqa: E402
 from advpipe.inference import compiled_forward, predict_logits  # noqa: E402
 from advpipe.models.zoo import build_model  # noqa: E402
-from bench_setup import describe, model_arguments  # noqa: E402
+from bench_setup import describe, model_arguments, seeded_subset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "imagenette"
@@ -314,8 +316,27 @@ def main() -> None:
     model_arguments(ap)
     ap.add_argument("--n-images", type=int, default=200, help="attack images (all 10 classes)")
     ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--eps", type=float, nargs="+", default=[0.5, 1.0], help="in 1/255 units")
-    ap.add_argument("--defense-eps", type=float, default=1.0, help="in 1/255 units")
+    ap.add_argument(
+        "--eps",
+        type=float,
+        nargs="*",
+        default=[0.5, 1.0],
+        help="Lite0's ε in 1/255 units; none (a bare --eps) skips Lite0",
+    )
+    ap.add_argument(
+        "--defense-eps",
+        type=float,
+        nargs="*",
+        default=[1.0],
+        help="the defense head's ε in 1/255 units; none (a bare --defense-eps) skips the head",
+    )
+    ap.add_argument(
+        "--defense-model",
+        default=None,
+        help="a saved defense model (<workspace>/models/defense/<name>.keras of a real-data "
+        "run) attacked instead of the clean head trained here, on --n-images of its "
+        "workspace's test split",
+    )
     ap.add_argument("--defense-train", type=int, default=100, help="training images per class")
     ap.add_argument("--defense-val", type=int, default=30, help="validation images per class")
     ap.add_argument("--defense-epochs", type=int, default=30)
@@ -368,13 +389,50 @@ def main() -> None:
             flush=True,
         )
 
-    model = build_model(args.model, weights=not args.random_weights)
-    images, labels = load(root, IMAGENETTE_CLASSES, 0, per_class)
-    x = to_unit_float(images)
-    contest = Contest(args.model, model, x[:2], labels[:2], args.eps[0] / 255, args)
-    for eps in args.eps:
-        attack(contest, x, labels, eps / 255)
-    sizes = {"train": args.defense_train, "val": args.defense_val, "test": defense_test}
+    if args.eps:
+        model = build_model(args.model, weights=not args.random_weights)
+        images, labels = load(root, IMAGENETTE_CLASSES, 0, per_class)
+        x = to_unit_float(images)
+        contest = Contest(args.model, model, x[:2], labels[:2], args.eps[0] / 255, args)
+        for eps in args.eps:
+            attack(contest, x, labels, eps / 255)
+    if args.defense_eps:
+        defense_head(args, root, defense_test, attack)
+    print("\n## Agreement: robust accuracy, ours vs ART (same images)\n")
+    print(agreement_table(outcomes))
+    print(f"\n## Speed: attack calls only, first {args.speed_images} images of each set\n")
+    print(speed_table(outcomes))
+    print(f"\nwall time {time.perf_counter() - start:.0f}s", flush=True)
+
+
+def saved_defense_model(path: Path, n: int, seed: int):
+    """A defense model the pipeline saved (``<workspace>/models/defense/<name>.keras``) and
+    ``n`` images of its workspace's test split (``<workspace>/data/defense``), drawn as
+    ``bench/autoattack_defense.py`` and ``bench/robust_eval.py --random`` draw them."""
+    from advpipe.defenses.dataset import load_split
+    from advpipe.defenses.model import load_info, load_model
+
+    if not path.is_file():
+        raise SystemExit(f"--defense-model: no saved defense model at {path}")
+    classes = load_info(path)["classes"]
+    images, labels, _ = load_split(path.parents[2] / "data" / "defense", "test", classes)
+    pick = seeded_subset(len(images), min(n, len(images)), seed)
+    return load_model(path), to_unit_float(images[pick]), labels[pick]
+
+
+def defense_head(args, root: Path, n_test: int, attack) -> None:
+    """Train the clean head (``train_defense_head``), or load ``--defense-model``, and
+    attack it at each ``--defense-eps``."""
+    if args.defense_model:
+        path = Path(args.defense_model)
+        defense, dx, dy = saved_defense_model(path, args.n_images, args.seed)
+        label = f"{path.stem} (saved defense model, {defense.output_shape[-1]} classes)"
+        print(f"defense model: {path}, {len(dx)} test images (seed {args.seed})", flush=True)
+        contest = Contest(label, defense, dx[:2], dy[:2], args.defense_eps[0] / 255, args)
+        for eps in args.defense_eps:
+            attack(contest, dx, dy, eps / 255)
+        return
+    sizes = {"train": args.defense_train, "val": args.defense_val, "test": n_test}
     defense, dx, dy, metrics, seconds = train_defense_head(
         root, sizes, args.defense_epochs, log=lambda m: None
     )
@@ -385,13 +443,9 @@ def main() -> None:
         flush=True,
     )
     label = f"clean head ({DEFENSE_TRUNK} trunk, 3 classes)"
-    eps = args.defense_eps / 255
-    attack(Contest(label, defense, dx[:2], dy[:2], eps, args), dx, dy, eps)
-    print("\n## Agreement: robust accuracy, ours vs ART (same images)\n")
-    print(agreement_table(outcomes))
-    print(f"\n## Speed: attack calls only, first {args.speed_images} images of each set\n")
-    print(speed_table(outcomes))
-    print(f"\nwall time {time.perf_counter() - start:.0f}s", flush=True)
+    contest = Contest(label, defense, dx[:2], dy[:2], args.defense_eps[0] / 255, args)
+    for eps in args.defense_eps:
+        attack(contest, dx, dy, eps / 255)
 
 
 if __name__ == "__main__":
