@@ -175,7 +175,11 @@ class Outcome:
     seconds: dict = field(default_factory=lambda: {"ours": [], "art": [], "ours_full": []})
     batch_sizes: list = field(default_factory=list)
     queries: list = field(default_factory=list)
-    same_as_full: bool = True
+    #: Early exit vs none: same success flags; same adversarial bits. The bits can differ
+    #: without a logic difference: a shrinking batch changes oneDNN's float rounding of the
+    #: gradient (per-image runs, where the batch never shrinks, are bit-identical).
+    same_success: bool = True
+    same_bits: bool = True
 
 
 class Contest:
@@ -215,10 +219,8 @@ class Contest:
                 t = time.perf_counter()
                 reference = self.full.run(xb, yb, eps, index=index)
                 out.seconds["ours_full"].append(time.perf_counter() - t)
-                out.same_as_full &= bool(
-                    np.array_equal(reference.success, result.success)
-                    and np.array_equal(reference.adversarial, result.adversarial)
-                )
+                out.same_success &= bool(np.array_equal(reference.success, result.success))
+                out.same_bits &= bool(np.array_equal(reference.adversarial, result.adversarial))
             t = time.perf_counter()
             adv_art = self.art.generate(xb, yb)
             out.seconds["art"].append(time.perf_counter() - t)
@@ -297,14 +299,15 @@ def speed_table(outcomes: list[Outcome]) -> str:
             f"{rate['art']:.3f}", f"{rate['ours_full'] / rate['art']:.2f}x",
             f"{rate['ours']:.3f}", f"{rate['ours'] / rate['art']:.2f}x",
             f"{rate['ours'] / rate['ours_full']:.2f}x", f"{queries:.1f}",
-            "yes" if o.same_as_full else "NO",
+            "yes" if o.same_success else "NO",
+            "yes" if o.same_bits else "no (float rounding of a smaller batch)",
         ])  # fmt: skip
     return markdown(
         [
             "model", "ε", "images", "ours img/s (no early exit)", "ART img/s",
             "ours/ART (equal work)", "ours img/s (early exit)", "ours early exit/ART",
             "early exit/no early exit", "ours gradients/img (early exit)",
-            "early exit = no early exit",
+            "same success, early exit or not", "same adversarial bits",
         ],
         rows,
     )  # fmt: skip
