@@ -373,8 +373,12 @@ def main() -> None:
             f"ART {art.__version__}, APGD-CE L∞, {args.steps} steps, 1 restart, "
             f"initial step 2ε, batch {args.batch_size}, seed {args.seed}, "
             f"{per_class * len(IMAGENETTE_CLASSES)} Imagenette images ({per_class}/class); "
-            f"defense: clean head on frozen {DEFENSE_TRUNK}, classes {DEFENSE_CLASSES}, "
-            f"{args.defense_train}/{args.defense_val}/{defense_test} train/val/test per class",
+            + (
+                f"defense: saved model {args.defense_model}"
+                if args.defense_model
+                else f"defense: clean head on frozen {DEFENSE_TRUNK}, classes {DEFENSE_CLASSES}, "
+                f"{args.defense_train}/{args.defense_val}/{defense_test} train/val/test per class"
+            ),
         ),
         flush=True,
     )
