@@ -30,7 +30,7 @@ evaluates the loss with a separate forward pass after each gradient (about 1.33x
 model work per iteration); ART skips images misclassified before the attack; ART's
 random start uses NumPy's global generator (seeded here per configuration).
 
-    python bench/apgd_art.py                 # 200 images, 100 steps (about an hour, 2 CPUs)
+    python bench/apgd_art.py                 # 200 images, 100 steps (about 2 hours, 2 CPUs)
     python bench/apgd_art.py --quick         # tiny numbers: checks the script end to end
     # a defense model of a real-data workspace (docs/results.md) instead of the clean head:
     python bench/apgd_art.py --eps --defense-model <ws>/models/defense/pgd_at.keras
