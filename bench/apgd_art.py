@@ -374,7 +374,9 @@ def main() -> None:
             f"initial step 2ε, batch {args.batch_size}, seed {args.seed}, "
             f"{per_class * len(IMAGENETTE_CLASSES)} Imagenette images ({per_class}/class); "
             + (
-                f"defense: saved model {args.defense_model}"
+                "defense: none"
+                if not args.defense_eps
+                else f"defense: saved model {args.defense_model}"
                 if args.defense_model
                 else f"defense: clean head on frozen {DEFENSE_TRUNK}, classes {DEFENSE_CLASSES}, "
                 f"{args.defense_train}/{args.defense_val}/{defense_test} train/val/test per class"
