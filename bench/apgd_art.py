@@ -64,7 +64,7 @@ from advpipe.data.imagenette import IMAGENETTE_CLASSES  # noqa: E402
 from advpipe.data.images import to_unit_float  # noqa: E402
 from advpipe.inference import compiled_forward, predict_logits  # noqa: E402
 from advpipe.models.zoo import build_model  # noqa: E402
-from bench_setup import describe, model_arguments, seeded_subset  # noqa: E402
+from bench_setup import describe, model_arguments, saved_defense  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "imagenette"
@@ -414,44 +414,29 @@ def main() -> None:
     print(f"\nwall time {time.perf_counter() - start:.0f}s", flush=True)
 
 
-def saved_defense_model(path: Path, n: int, seed: int):
-    """A defense model the pipeline saved (``<workspace>/models/defense/<name>.keras``) and
-    ``n`` images of its workspace's test split (``<workspace>/data/defense``), drawn as
-    ``bench/autoattack_defense.py`` and ``bench/robust_eval.py --random`` draw them."""
-    from advpipe.defenses.dataset import load_split
-    from advpipe.defenses.model import load_info, load_model
-
-    if not path.is_file():
-        raise SystemExit(f"--defense-model: no saved defense model at {path}")
-    classes = load_info(path)["classes"]
-    images, labels, _ = load_split(path.parents[2] / "data" / "defense", "test", classes)
-    pick = seeded_subset(len(images), min(n, len(images)), seed)
-    return load_model(path), to_unit_float(images[pick]), labels[pick]
-
-
 def defense_head(args, root: Path, n_test: int, attack) -> None:
     """Train the clean head (``train_defense_head``), or load ``--defense-model``, and
     attack it at each ``--defense-eps``."""
     if args.defense_model:
         path = Path(args.defense_model)
-        defense, dx, dy = saved_defense_model(path, args.n_images, args.seed)
+        if not path.is_file():
+            raise SystemExit(f"--defense-model: no saved defense model at {path}")
+        defense, images, dy = saved_defense(path, "test", args.n_images, args.seed)
+        dx = to_unit_float(images)
         label = f"{path.stem} (saved defense model, {defense.output_shape[-1]} classes)"
         print(f"defense model: {path}, {len(dx)} test images (seed {args.seed})", flush=True)
-        contest = Contest(label, defense, dx[:2], dy[:2], args.defense_eps[0] / 255, args)
-        for eps in args.defense_eps:
-            attack(contest, dx, dy, eps / 255)
-        return
-    sizes = {"train": args.defense_train, "val": args.defense_val, "test": n_test}
-    defense, dx, dy, metrics, seconds = train_defense_head(
-        root, sizes, args.defense_epochs, log=lambda m: None
-    )
-    print(
-        f"defense head: trained in {seconds:.0f}s, best epoch {metrics['best_epoch']}, "
-        f"val top-1 {metrics['best_val_top1']:.3f} ({metrics['n_train']} train / "
-        f"{metrics['n_val']} val images, {len(dx)} test images disjoint)",
-        flush=True,
-    )
-    label = f"clean head ({DEFENSE_TRUNK} trunk, 3 classes)"
+    else:
+        sizes = {"train": args.defense_train, "val": args.defense_val, "test": n_test}
+        defense, dx, dy, metrics, seconds = train_defense_head(
+            root, sizes, args.defense_epochs, log=lambda m: None
+        )
+        print(
+            f"defense head: trained in {seconds:.0f}s, best epoch {metrics['best_epoch']}, "
+            f"val top-1 {metrics['best_val_top1']:.3f} ({metrics['n_train']} train / "
+            f"{metrics['n_val']} val images, {len(dx)} test images disjoint)",
+            flush=True,
+        )
+        label = f"clean head ({DEFENSE_TRUNK} trunk, 3 classes)"
     contest = Contest(label, defense, dx[:2], dy[:2], args.defense_eps[0] / 255, args)
     for eps in args.defense_eps:
         attack(contest, dx, dy, eps / 255)

@@ -30,10 +30,8 @@ import tensorflow as tf  # noqa: E402
 from advpipe.attacks.autoattack import autoattack, sanity_checks, square_warning  # noqa: E402
 from advpipe.attacks.pgd import PGD  # noqa: E402
 from advpipe.data.images import to_unit_float  # noqa: E402
-from advpipe.defenses.dataset import load_split  # noqa: E402
-from advpipe.defenses.model import load_info, load_model  # noqa: E402
 from advpipe.metrics import paired_test  # noqa: E402
-from bench_setup import seeded_subset  # noqa: E402
+from bench_setup import saved_defense  # noqa: E402
 
 
 def pgd_correct(model, images, labels, eps, batch_size, seed):
@@ -69,11 +67,7 @@ def main() -> None:
     rows = []
     for name in args.models:
         path = root / "models" / "defense" / f"{name}.keras"
-        classes = load_info(path)["classes"]
-        images, labels, _ = load_split(root / "data" / "defense", args.split, classes)
-        pick = seeded_subset(len(images), args.n, args.seed)
-        images, labels = images[pick], labels[pick]
-        model = load_model(path)
+        model, images, labels = saved_defense(path, args.split, args.n, args.seed)
         t = time.perf_counter()
         pgd = pgd_correct(model, images, labels, args.eps, args.batch_size, args.seed)
         pgd_s = time.perf_counter() - t

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -30,6 +31,25 @@ def seeded_subset(n_total: int, n: int, seed: int) -> np.ndarray:
     """``n`` of ``n_total`` positions drawn by a permutation seeded by ``seed``, sorted: the
     same images for every script given the same ``--n`` and ``--seed``."""
     return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
+
+
+def saved_defense(model_path, split: str, n: int | None, seed: int, *, random: bool = True):
+    """A defense model the pipeline saved (``<workspace>/models/defense/<name>.keras``) and
+    uint8 images and class positions of a split of its workspace (``<workspace>/data/defense``):
+    ``n`` of them drawn by :func:`seeded_subset` (``random``) or the first ``n``; all when
+    ``n`` is None. The same images for every script given the same ``n`` and ``seed``."""
+    from advpipe.defenses.dataset import load_split
+    from advpipe.defenses.model import load_info, load_model
+
+    path = Path(model_path)
+    classes = load_info(path)["classes"]
+    images, labels, _ = load_split(path.parents[2] / "data" / "defense", split, classes)
+    if n and random:
+        pick = seeded_subset(len(images), min(n, len(images)), seed)
+        images, labels = images[pick], labels[pick]
+    elif n:
+        images, labels = images[:n], labels[:n]
+    return load_model(path), images, np.asarray(labels, np.int64)
 
 
 def describe(args: argparse.Namespace, settings: str) -> str:

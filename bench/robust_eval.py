@@ -32,10 +32,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from advpipe.attacks.pgd import PGD  # noqa: E402
-from advpipe.defenses.dataset import load_split  # noqa: E402
-from advpipe.defenses.model import load_info, load_model  # noqa: E402
 from advpipe.inference import compiled_forward, predict_logits  # noqa: E402
-from bench_setup import seeded_subset  # noqa: E402
+from bench_setup import saved_defense  # noqa: E402
 
 
 def wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -99,16 +97,10 @@ def main() -> None:
     rows = []
     for name in args.models:
         path = root / "models" / "defense" / f"{name}.keras"
-        classes = load_info(path)["classes"]
-        images, labels, _ = load_split(root / "data" / "defense", args.split, classes)
-        if args.n and args.random:
-            pick = seeded_subset(len(images), args.n, args.seed)
-            images, labels = images[pick], labels[pick]
-        elif args.n:
-            images, labels = images[: args.n], labels[: args.n]
-        model = load_model(path)
+        model, images, labels = saved_defense(
+            path, args.split, args.n, args.seed, random=args.random
+        )
         n = len(images)
-        labels = np.asarray(labels, np.int64)
         clean = float(np.mean(predict_logits(model, images, args.batch_size).argmax(1) == labels))
         row = [name, str(n), cell(clean, n)]
         for e in args.eps:
