@@ -56,8 +56,9 @@ def robust_under_pgd(model, images, labels, *, eps, steps, restarts, seed, batch
     running all of them on every image, for less work); clean errors count as broken."""
     forward = compiled_forward(model)
     robust = predict_logits(model, images, batch_size, forward=forward).argmax(1) == labels
+    attack = PGD(model, steps=steps, rel_stepsize=0.25, seed=seed)  # traced once
     for r in range(restarts):
-        attack = PGD(model, steps=steps, rel_stepsize=0.25, seed=seed + r)
+        attack.seed = seed + r  # the per-example start seeds are (seed + r, image index)
         alive = np.flatnonzero(robust)
         for start in range(0, len(alive), batch_size):
             index = alive[start : start + batch_size]
