@@ -11,7 +11,9 @@ vs PGD (one-sided exact McNemar p-value) and the time of each attack.
 
 Not a test: it prints figures. ``--n`` images are drawn from the split (seeded, the same
 for every model); ``--workspace`` is the pipeline workspace holding models/defense/ and
-data/defense/.
+data/defense/. An interrupted run goes on from its last finished batch when started again
+with the same arguments (its state is kept in ``--resume``, a folder removed per model once
+that model is done); "AA s" counts the attack time of both runs.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from advpipe.attacks.autoattack import autoattack, sanity_checks, square_warning  # noqa: E402
+from advpipe.attacks.autoattack import (  # noqa: E402
+    autoattack,
+    resume_store,
+    sanity_checks,
+    square_warning,
+)
 from advpipe.attacks.pgd import PGD  # noqa: E402
 from advpipe.data.images import to_unit_float  # noqa: E402
 from advpipe.metrics import paired_test  # noqa: E402
@@ -55,6 +62,11 @@ def main() -> None:
     ap.add_argument("--version", default="standard")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--resume",
+        default="resume/bench_autoattack",
+        help="folder for an interrupted run's state (relative to --workspace)",
+    )
     args = ap.parse_args()
     root = Path(args.workspace)
     print(f"$ python {' '.join(sys.argv)}")
@@ -71,18 +83,19 @@ def main() -> None:
         t = time.perf_counter()
         pgd = pgd_correct(model, images, labels, args.eps, args.batch_size, args.seed)
         pgd_s = time.perf_counter() - t
-        t = time.perf_counter()
+        options = {"version": args.version, "batch_size": args.batch_size, "seed": args.seed}
+        store = resume_store(root / args.resume, name, model, images, labels, options)
         res = autoattack(
             model,
             images,
             labels,
             args.eps,
-            version=args.version,
-            batch_size=args.batch_size,
-            seed=args.seed,
             progress=lambda m: print(m, flush=True),
+            checkpoint=store.partial(args.eps),
+            **options,
         )
-        aa_s = time.perf_counter() - t
+        store.clear()
+        aa_s = sum(res.seconds.values())
         apgd = np.array([b not in ("clean", "apgd-ce") for b in res.broken_by])
         test = paired_test(apgd, pgd)
         rows.append(

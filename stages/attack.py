@@ -63,7 +63,7 @@ def run_autoattack(p) -> None:
     for warning in sanity["warnings"]:
         common.log(f"autoattack sanity check: {warning}")
     options["batch_size"] = batch
-    store = resume_store(RESUME, get(p, "model.name"), images, labels, options)
+    store = resume_store(RESUME, get(p, "model.name"), model, images, labels, options)
     results = autoattack_epsilons(
         model,
         images,

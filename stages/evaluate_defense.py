@@ -46,7 +46,7 @@ def main(name: str) -> None:
         get(p, "defense.evaluation.report_epsilon")
     ]
     aa_options = {**autoattack_options(p), "batch_size": batch}
-    store = resume_store(f"resume/evaluate_{name}", name, images, labels, aa_options)
+    store = resume_store(f"resume/evaluate_{name}", name, model, images, labels, aa_options)
     run_autoattack = lambda m, x, y: autoattack_epsilons(  # noqa: E731
         m, x, y, aa_eps, store=store, progress=common.log, **aa_options
     )

@@ -156,23 +156,78 @@ def test_interrupted_runs_resume_per_epsilon(tiny, batch, tmp_path, monkeypatch)
 
     x, y = batch
     opts = {"version": "custom", "attacks": ["apgd-ce"], "settings": FAST, "batch_size": 6}
-    store = resume_store(tmp_path, "tiny", x, y, opts)
+    store = resume_store(tmp_path, "tiny", tiny, x, y, opts)
     first = autoattack_epsilons(tiny, x, y, [0.01], store=store, progress=lambda m: None, **opts)
     assert store.get(0.01) is not None and store.get(0.02) is None
     calls = []
     real = aa.autoattack
     monkeypatch.setattr(aa, "autoattack", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
-    again = resume_store(tmp_path, "tiny", x, y, opts)  # a new process: same fingerprint
+    again = resume_store(tmp_path, "tiny", tiny, x, y, opts)  # a new process: same fingerprint
     both = autoattack_epsilons(
         tiny, x, y, [0.01, 0.02], store=again, progress=lambda m: None, **opts
     )
     assert calls == [0.02]  # 0.01 came from the store
     np.testing.assert_array_equal(both[0.01].robust, first[0.01].robust)
     # other settings: another fingerprint, nothing reused
-    other = resume_store(tmp_path, "tiny", x, y, {**opts, "batch_size": 7})
+    other = resume_store(tmp_path, "tiny", tiny, x, y, {**opts, "batch_size": 7})
     assert other.path != again.path and other.get(0.01) is None
+    # the same name, settings and images but other weights (a model retrained after an
+    # interrupted run): another fingerprint, nothing reused
+    retrained = keras.models.clone_model(tiny)
+    retrained.set_weights([w * 1.01 for w in tiny.get_weights()])
+    moved = resume_store(tmp_path, "tiny", retrained, x, y, opts)
+    assert moved.path != again.path and moved.get(0.01) is None
+    twin = keras.models.clone_model(tiny)
+    twin.set_weights(tiny.get_weights())
+    assert resume_store(tmp_path, "tiny", twin, x, y, opts).path == again.path
     again.clear()
     assert not again.path.exists()
+
+
+def test_an_interrupted_epsilon_goes_on_from_its_last_batch(tiny, batch, tmp_path):
+    """Interrupted during the second attack of the cascade, the run goes on from its
+    checkpoint: the first attack and the second's finished batches are not run again, and
+    the result is the uninterrupted run's."""
+    from advpipe.resume import Checkpoint
+
+    x, _ = batch
+    y = tiny(x).numpy().argmax(1)  # every image correct: the cascade has work
+    kw = dict(version="custom", attacks=["apgd-ce", "apgd-dlr", "square"], settings=FAST)
+    kw.update(batch_size=3)
+    whole = autoattack(tiny, x, y, 0.045, progress=lambda m: None, **kw)
+    assert {"apgd-ce", "apgd-dlr"} <= set(whole.broken_by)  # both attacks break images
+
+    class Interrupted(Checkpoint):
+        saves = 0
+
+        def save(self, state):
+            super().save(state)
+            self.saves += 1
+            if self.saves == 6:  # apgd-ce's 4 batches, then 2 of apgd-dlr's
+                raise KeyboardInterrupt
+
+    path = tmp_path / "eps.partial.json"
+    with pytest.raises(KeyboardInterrupt):
+        autoattack(tiny, x, y, 0.045, progress=lambda m: None, checkpoint=Interrupted(path), **kw)
+    state = json.loads(path.read_text())
+    assert len(state["ran_on"]["apgd-ce"]) == 12 and len(state["ran_on"]["apgd-dlr"]) == 6
+    logs = []
+    resumed = autoattack(tiny, x, y, 0.045, progress=logs.append, checkpoint=Checkpoint(path), **kw)
+    assert "resumed from an interrupted run: apgd-ce 12 images, apgd-dlr 6 images" in logs[0]
+    left = 12 - sum(1 for b in whole.broken_by if b == "apgd-ce") - 6
+    assert not any("[autoattack apgd-ce" in m for m in logs)
+    assert f"3/{left} images" in next(m for m in logs if "[autoattack apgd-dlr" in m)
+    assert resumed.broken_by == whole.broken_by and resumed.max_norm == whole.max_norm
+    np.testing.assert_array_equal(resumed.robust, whole.robust)
+    assert set(resumed.seconds) == set(whole.seconds)
+
+
+def test_a_finished_epsilon_removes_its_checkpoint(tiny, batch, tmp_path):
+    x, y = batch
+    opts = {"version": "custom", "attacks": ["apgd-ce"], "settings": FAST, "batch_size": 6}
+    store = resume_store(tmp_path, "tiny", tiny, x, y, opts)
+    autoattack_epsilons(tiny, x, y, [0.01], store=store, progress=lambda m: None, **opts)
+    assert store.get(0.01) is not None and not store.partial(0.01).path.exists()
 
 
 class _Noisy(keras.layers.Layer):

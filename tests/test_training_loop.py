@@ -92,7 +92,17 @@ def test_default_curves_have_no_learning_rate_column():
     x, y = _data(16)
     history = _trainer(_model(), TrainConfig(epochs=2, batch_size=8)).fit(x, y)
     assert [list(r) for r in history.rows] == [
-        ["epoch", "train_loss", "clean_acc", "adv_acc", "val_acc", "seconds", "steps"]
+        [
+            "epoch",
+            "train_loss",
+            "clean_acc",
+            "adv_acc",
+            "val_acc",
+            "seconds",
+            "guard_seconds",
+            "val_seconds",
+            "steps",
+        ]
     ] * 2
     assert history.overfitting is None and history.guard_checks == []
 
@@ -542,3 +552,38 @@ def test_a_guard_that_never_fires_changes_nothing():
         np.testing.assert_array_equal(a, b)
     assert guarded.overfitting is None and guarded.steps == plain.steps == 8
     assert [c["step"] for c in guarded.guard_checks] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_epoch_seconds_keep_training_guard_and_validation_apart(monkeypatch):
+    """A clock that only the guard (100 per check) and the validation (1000) move: the
+    epoch's training seconds are 0, the guard's and the validation's are theirs."""
+    import types
+
+    import advpipe.defenses.loop as loop
+
+    now = [0.0]
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def check():
+        now[0] += 100.0
+        return 0.5
+
+    def evaluate():
+        now[0] += 1000.0
+        return {"val_acc": 0.5}
+
+    x, y = _data(16)
+    cfg = TrainConfig(
+        optimizer="sgd",
+        learning_rate=0.1,
+        epochs=2,
+        batch_size=4,
+        guard=check,
+        guard_checks_per_epoch=2,
+    )
+    logs = []
+    history = _trainer(_model(), cfg, evaluate=evaluate, log=logs.append).fit(x, y)
+    for row in history.rows:
+        assert (row["seconds"], row["guard_seconds"], row["val_seconds"]) == (0, 200, 1000)
+    assert history.seconds == 0
+    assert any("0.0 s training + 200.0 s guard + 1000.0 s validation" in m for m in logs)

@@ -2,10 +2,11 @@
 
 An AutoAttack evaluation runs for minutes to hours per ε. :class:`PerEpsilonStore`
 writes each finished ε's result (a JSON-ready dict) atomically into a folder named by a
-fingerprint of everything the result depends on (settings, images, code); a run that
-was interrupted finds the finished ε there and computes only the others. A change of
-settings, images or code changes the fingerprint, so nothing stale is reused. The
-caller removes the folder once every output is written (:meth:`clear`).
+fingerprint of everything the result depends on (model weights, settings, images, code);
+a run that was interrupted finds the finished ε there and computes only the others, and
+within the ε it was in, goes on from the last finished batch (:class:`Checkpoint`). A
+change of any of them changes the fingerprint, so nothing stale is reused. The caller
+removes the folder once every output is written (:meth:`clear`).
 """
 
 from __future__ import annotations
@@ -36,8 +37,28 @@ def fingerprint(*parts) -> str:
     return h.hexdigest()[:16]
 
 
+class Checkpoint:
+    """One unfinished ε's state (a JSON-ready dict), saved atomically after each batch so
+    an interrupted run loses at most the batch in flight."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):  # a damaged file: start the ε afresh
+            return None
+
+    def save(self, state: Mapping) -> None:
+        atomic_write_text(self.path, json.dumps(state))
+
+
 class PerEpsilonStore:
-    """Finished per-ε results under ``directory/<key>/eps_<ε>.json``."""
+    """Finished per-ε results under ``directory/<key>/eps_<ε>.json``; the state of an
+    unfinished ε under ``eps_<ε>.partial.json`` (:meth:`partial`), removed when it ends."""
 
     def __init__(self, directory: str | Path, key: str):
         self.root = Path(directory)
@@ -57,6 +78,11 @@ class PerEpsilonStore:
 
     def put(self, eps: float, result: Mapping) -> None:
         atomic_write_text(self._file(eps), json.dumps(result))
+        self.partial(eps).path.unlink(missing_ok=True)
+
+    def partial(self, eps: float) -> Checkpoint:
+        """Where the run of ``eps`` keeps its progress until :meth:`put`."""
+        return Checkpoint(self.path / f"eps_{float(eps):.10g}.partial.json")
 
     def clear(self) -> None:
         """Remove this run's folder, then ``directory`` and, for a relative ``directory``,

@@ -247,12 +247,17 @@ def autoattack(
     batch_size: int = 32,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    checkpoint=None,
 ) -> AutoAttackResult:
     """Run the AutoAttack cascade on ``(images, labels)`` at one ``eps``.
 
     ``images``: uint8 or float [0, 1] NHWC; ``labels``: the model's output indices.
     ``version="standard"`` ignores ``attacks`` and ``settings`` (the authors' defaults);
-    ``"custom"`` runs ``attacks`` with ``settings``.
+    ``"custom"`` runs ``attacks`` with ``settings``. ``checkpoint``: an
+    :class:`advpipe.resume.Checkpoint` (``load()``/``save(state)``) for this model, these
+    images, ε and settings; the state is saved after each batch, and a run that finds one
+    goes on from it: the images an attack already ran on are not attacked again (the
+    per-image seeds make the result that of an uninterrupted run).
     """
     from ..data.images import to_unit_float
     from ..inference import compiled_forward
@@ -272,12 +277,28 @@ def autoattack(
     max_norm = 0.0
     seconds: dict[str, float] = {}
     queries: dict[str, float] = {}
+    spent_by: dict[str, list] = {}  # per attack: the queries of each image it attacked
+    ran_on: dict[str, list] = {}  # per attack: the images it has run on
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None and len(state["broken_by"]) == n:
+        broken_by, max_norm = list(state["broken_by"]), float(state["max_norm"])
+        seconds, spent_by = dict(state["seconds"]), dict(state["spent"])
+        ran_on = {k: list(v) for k, v in state["ran_on"].items()}
+        say(
+            f"[autoattack eps {eps:.4g}] resumed from an interrupted run: "
+            + ", ".join(f"{k} {len(v)} images" for k, v in ran_on.items())
+        )
     for name in names:
-        alive = np.flatnonzero([b == "" for b in broken_by])
+        skip = set(ran_on.setdefault(name, []))
+        alive = np.array(
+            [i for i, b in enumerate(broken_by) if b == "" and i not in skip], np.int64
+        )
         attack = COMPONENTS[name].build(
             model, norm=norm, seed=seed, **settings.options(name, num_classes)
         )
-        timer, spent, done = Timer(), [], 0
+        timer, done = Timer(), 0
+        timer.seconds = seconds.get(name, 0.0)
+        spent = spent_by.setdefault(name, [])
         for start in range(0, len(alive), batch_size):
             idx = alive[start : start + batch_size]
             x = to_unit_float(images[idx])
@@ -300,6 +321,18 @@ def autoattack(
             if result.queries is not None:
                 spent.extend(np.asarray(result.queries).tolist())
             done += len(idx)
+            ran_on[name].extend(idx.tolist())
+            seconds[name] = timer.seconds
+            if checkpoint is not None:
+                checkpoint.save(
+                    {
+                        "broken_by": broken_by,
+                        "max_norm": max_norm,
+                        "seconds": seconds,
+                        "spent": spent_by,
+                        "ran_on": ran_on,
+                    }
+                )
             robust_now = sum(1 for b in broken_by if b == "")
             say(
                 f"[autoattack {name} eps {eps:.4g}] {done}/{len(alive)} images, "
@@ -400,8 +433,9 @@ def autoattack_epsilons(
 ) -> dict[float, AutoAttackResult]:
     """:func:`autoattack` at every ε. With ``store`` (a :class:`advpipe.resume.PerEpsilonStore`,
     e.g. from :func:`resume_store`), each finished ε is written there and an ε found there
-    (from a run that was interrupted) is not computed again; the caller clears the store
-    once its outputs are written."""
+    (from a run that was interrupted) is not computed again, and an ε left unfinished goes
+    on from its last finished batch; the caller clears the store once its outputs are
+    written."""
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = {}
     for eps in sorted(float(e) for e in epsilons):
@@ -410,7 +444,10 @@ def autoattack_epsilons(
             say(f"[autoattack] eps {eps:.4g}: resumed from an interrupted run ({store.path})")
             out[eps] = AutoAttackResult.from_dict(cached)
             continue
-        out[eps] = autoattack(model, images, labels, eps, progress=say, **options)
+        checkpoint = store.partial(eps) if store is not None else None
+        out[eps] = autoattack(
+            model, images, labels, eps, progress=say, checkpoint=checkpoint, **options
+        )
         if store is not None:
             store.put(eps, out[eps].to_dict())
     return out
@@ -445,10 +482,11 @@ def apgd_ce_correct(
     return result.robust
 
 
-def resume_store(directory, name: str, images, labels, options: Mapping):
+def resume_store(directory, name: str, model, images, labels, options: Mapping):
     """Where :func:`autoattack_epsilons` keeps finished ε: ``directory/<name>-<hash>``, the
-    hash over the images, labels, ``options`` and the attack code (a change of any starts
-    afresh)."""
+    hash over the model's weights, the images, labels, ``options`` and the attack code (a
+    change of any starts afresh: a model retrained under the same name after an interrupted
+    run reuses nothing)."""
     from pathlib import Path
 
     from ..resume import PerEpsilonStore, fingerprint
@@ -456,5 +494,14 @@ def resume_store(directory, name: str, images, labels, options: Mapping):
     settings = {
         k: (vars(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in options.items()
     }
-    key = fingerprint(name, np.asarray(images), np.asarray(labels), settings, Path(__file__).parent)
+    weights = [(w.path, np.asarray(w)) for w in model.weights]
+    key = fingerprint(
+        name,
+        [path for path, _ in weights],
+        *(value for _, value in weights),
+        np.asarray(images),
+        np.asarray(labels),
+        settings,
+        Path(__file__).parent,
+    )
     return PerEpsilonStore(directory, f"{name}-{key}")

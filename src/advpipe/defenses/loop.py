@@ -10,8 +10,9 @@ loop does the rest, as a Keras user expects:
   across replicas;
 * seeded shuffling, so a run is reproducible;
 * one progress line per epoch (loss, clean accuracy, adversarial accuracy, val
-  accuracy, seconds) and, for slow methods, the measured seconds per step and the
-  projected epoch time after the first steps;
+  accuracy, and the seconds of training steps, guard checks and validation apart) and,
+  for slow methods, the measured seconds per step and the projected epoch time after
+  the first steps;
 * the best epoch by the monitored validation figure kept (clean val accuracy, or for
   adversarial training val accuracy under the training attack; a tie goes to the later
   epoch): written atomically at every improvement, so an interrupted run leaves the
@@ -402,6 +403,7 @@ class Trainer:
             order = rng.permutation(n)
             totals = dict.fromkeys(STAT_KEYS, 0.0)
             collapsed = False
+            guard_seconds = 0.0
             start = shown = time.perf_counter()
             for i in range(per_epoch):
                 if cfg.max_steps is not None and history.steps >= cfg.max_steps:
@@ -455,17 +457,21 @@ class Trainer:
                         + f", {time.perf_counter() - t0:.1f} s/step, epoch ends in {eta:.0f} s"
                     )
                 if guard is not None and i + 1 in checks:
+                    t_guard = time.perf_counter()
                     collapsed = guard(self.model, history.steps)
+                    guard_seconds += time.perf_counter() - t_guard
                     history.guard_checks = guard.checks
                     if collapsed:
                         history.overfitting = guard.event
                         break
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start - guard_seconds  # the training steps
             history.seconds += seconds
             if totals["n"] == 0:
                 self.log(f"[{name}] step cap {cfg.max_steps} reached")
                 break
+            t_val = time.perf_counter()
             scores = {k: float(v) for k, v in self.evaluate().items()}
+            val_seconds = time.perf_counter() - t_val
             if cfg.monitor not in scores:
                 raise ValueError(f"monitor '{cfg.monitor}' is not among {sorted(scores)}")
             val = scores[cfg.monitor]
@@ -476,6 +482,8 @@ class Trainer:
                 "adv_acc": _ratio(totals["adv_correct"], totals["adv_n"]),
                 **scores,
                 "seconds": round(seconds, 2),
+                "guard_seconds": round(guard_seconds, 2),
+                "val_seconds": round(val_seconds, 2),
                 "steps": history.steps,
             }
             if scheduled:
@@ -492,7 +500,10 @@ class Trainer:
             self.log(
                 f"[{name}] epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f}, "
                 f"clean acc {row['clean_acc']:.3f}{adv}, {shown}{shown_lr}"
-                f"{' (best ' + cfg.monitor + ')' if improved else ''}, {seconds:.1f} s"
+                f"{' (best ' + cfg.monitor + ')' if improved else ''}, {seconds:.1f} s "
+                f"training"
+                + (f" + {guard_seconds:.1f} s guard" if guard_seconds else "")
+                + f" + {val_seconds:.1f} s validation"
             )
             if collapsed:
                 self.log(
